@@ -1,0 +1,254 @@
+"""Every call a handle makes to an actor goes through here.
+
+Here Ray's errors become rayqueue's: an error raised inside an actor comes back
+as itself, and a partition that died or is restarting is retried, after a fresh
+route from the coordinator, until ``PARTITION_RETRY_S`` has passed; then the
+caller gets ``PartitionUnavailable``. Nothing here knows a queue's rules.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import ray
+from ray.exceptions import GetTimeoutError, ObjectLostError, RayActorError, RayTaskError, TaskCancelledError
+
+from rayqueue import defaults
+from rayqueue.errors import PartitionUnavailable, RayQueueError
+from rayqueue.plan import Call, Calls, FirstOf, Plan, Step, T, Target
+
+#: Errors after which the same call may succeed once the actor is back.
+_RETRYABLE = (RayActorError, ObjectLostError, GetTimeoutError)
+#: A call that takes longer than its own wait plus this is treated as lost.
+CALL_TIMEOUT_S = 60.0
+_BACKOFF_S = (0.05, 0.1, 0.2, 0.4, 0.8)
+
+
+def unwrap(error: RayTaskError) -> BaseException:
+    """The exception the actor raised, as it raised it."""
+    cause = getattr(error, "cause", None)
+    return cause if isinstance(cause, BaseException) else error
+
+
+def _submit(target: Target, call: Call, retry: bool) -> ray.ObjectRef:
+    actor = target.route.partitions[call.partition]
+    args = call.retry_args if retry and call.retry_args is not None else call.args
+    return getattr(actor, call.method).remote(*args)
+
+
+class _Retry:
+    """Bookkeeping of one step's retries: backoff, deadline, the final error."""
+
+    def __init__(self, target: Target) -> None:
+        self.target = target
+        self.deadline = time.monotonic() + defaults.PARTITION_RETRY_S
+        self.attempt = 0
+
+    def next_delay(self, partition: int, error: BaseException) -> float:
+        if time.monotonic() >= self.deadline:
+            raise PartitionUnavailable(self.target.name, partition, f"{type(error).__name__}: {error}")
+        delay = _BACKOFF_S[min(self.attempt, len(_BACKOFF_S) - 1)]
+        self.attempt += 1
+        return delay
+
+
+def _timeout(call: Call) -> float:
+    return call.wait_s + CALL_TIMEOUT_S
+
+
+# ---------------------------------------------------------------- blocking driver
+
+
+def run(target: Target, plan: Plan[T]) -> T:
+    """Run a plan with blocking calls."""
+    step = next(plan)
+    while True:
+        try:
+            result = _execute(target, step)
+        except RayQueueError as error:
+            outcome = _throw(plan, error)
+        else:
+            outcome = _send(plan, result)
+        if isinstance(outcome, _Done):
+            return outcome.value
+        step = outcome
+
+
+def _execute(target: Target, step: Step) -> Any:
+    if isinstance(step, FirstOf):
+        return _first_of(target, step)
+    retry = _Retry(target)
+    results: list[Any] = [None] * len(step.calls)
+    todo = list(range(len(step.calls)))
+    retrying = False
+    while todo:
+        refs = {index: _submit(target, step.calls[index], retrying) for index in todo}
+        failed: list[tuple[int, BaseException]] = []
+        for index, ref in refs.items():
+            try:
+                results[index] = ray.get(ref, timeout=_timeout(step.calls[index]))
+            except RayTaskError as error:
+                raise unwrap(error) from None
+            except _RETRYABLE as error:
+                failed.append((index, error))
+        if failed:
+            index, error = failed[0]
+            time.sleep(retry.next_delay(step.calls[index].partition, error))
+            refresh_route(target)
+        todo = [index for index, _ in failed]
+        retrying = True
+    return results
+
+
+def _first_of(target: Target, step: FirstOf) -> tuple[int, Any] | None:
+    refs = [_submit(target, call, False) for call in step.calls]
+    ready, pending = ray.wait(refs, num_returns=1, timeout=step.timeout_s)
+    for ref in pending:
+        ray.cancel(ref)
+    if not ready:
+        return None
+    index = refs.index(ready[0])
+    try:
+        return index, ray.get(ready[0])
+    except RayTaskError as error:
+        raise unwrap(error) from None
+    except _RETRYABLE:
+        refresh_route(target)
+        return None
+
+
+def refresh_route(target: Target) -> None:
+    target.route = call_coordinator(target.coordinator, "route", target.name)
+
+
+def call_coordinator(coordinator: Any, method: str, *args: Any) -> Any:
+    """A blocking coordinator call, retried while the coordinator restarts."""
+    deadline = time.monotonic() + defaults.PARTITION_RETRY_S
+    attempt = 0
+    while True:
+        try:
+            return ray.get(getattr(coordinator, method).remote(*args), timeout=CALL_TIMEOUT_S)
+        except RayTaskError as error:
+            raise unwrap(error) from None
+        except _RETRYABLE as error:
+            if time.monotonic() >= deadline:
+                raise RayQueueError(f"the rayqueue coordinator is unavailable: {error}") from None
+            time.sleep(_BACKOFF_S[min(attempt, len(_BACKOFF_S) - 1)])
+            attempt += 1
+
+
+# --------------------------------------------------------------- awaitable driver
+
+
+async def run_async(target: Target, plan: Plan[T]) -> T:
+    """Run a plan without blocking the event loop."""
+    step = next(plan)
+    while True:
+        try:
+            result = await _execute_async(target, step)
+        except RayQueueError as error:
+            outcome = _throw(plan, error)
+        else:
+            outcome = _send(plan, result)
+        if isinstance(outcome, _Done):
+            return outcome.value
+        step = outcome
+
+
+async def _execute_async(target: Target, step: Step) -> Any:
+    if isinstance(step, FirstOf):
+        return await _first_of_async(target, step)
+    retry = _Retry(target)
+    results: list[Any] = [None] * len(step.calls)
+    todo = list(range(len(step.calls)))
+    retrying = False
+    while todo:
+        refs = {index: _submit(target, step.calls[index], retrying) for index in todo}
+        outcomes = await asyncio.gather(
+            *(asyncio.wait_for(_await(ref), _timeout(step.calls[i])) for i, ref in refs.items()),
+            return_exceptions=True,
+        )
+        failed: list[tuple[int, BaseException]] = []
+        for index, outcome in zip(refs, outcomes):
+            if isinstance(outcome, RayTaskError):
+                raise unwrap(outcome) from None
+            if isinstance(outcome, (*_RETRYABLE, asyncio.TimeoutError)):
+                failed.append((index, outcome))
+            elif isinstance(outcome, BaseException):
+                raise outcome
+            else:
+                results[index] = outcome
+        if failed:
+            index, error = failed[0]
+            await asyncio.sleep(retry.next_delay(step.calls[index].partition, error))
+            await refresh_route_async(target)
+        todo = [index for index, _ in failed]
+        retrying = True
+    return results
+
+
+async def _await(ref: ray.ObjectRef) -> Any:
+    return await ref
+
+
+async def _first_of_async(target: Target, step: FirstOf) -> tuple[int, Any] | None:
+    refs = [_submit(target, call, False) for call in step.calls]
+    tasks = [asyncio.ensure_future(_await(ref)) for ref in refs]
+    done, pending = await asyncio.wait(tasks, timeout=step.timeout_s, return_when=asyncio.FIRST_COMPLETED)
+    for ref, task in zip(refs, tasks):
+        if task in pending:
+            ray.cancel(ref)
+            task.cancel()
+    if not done:
+        return None
+    task = next(iter(done))
+    try:
+        return tasks.index(task), task.result()
+    except RayTaskError as error:
+        raise unwrap(error) from None
+    except (*_RETRYABLE, TaskCancelledError):
+        await refresh_route_async(target)
+        return None
+
+
+async def refresh_route_async(target: Target) -> None:
+    target.route = await call_coordinator_async(target.coordinator, "route", target.name)
+
+
+async def call_coordinator_async(coordinator: Any, method: str, *args: Any) -> Any:
+    deadline = time.monotonic() + defaults.PARTITION_RETRY_S
+    attempt = 0
+    while True:
+        try:
+            return await asyncio.wait_for(_await(getattr(coordinator, method).remote(*args)), CALL_TIMEOUT_S)
+        except RayTaskError as error:
+            raise unwrap(error) from None
+        except (*_RETRYABLE, asyncio.TimeoutError) as error:
+            if time.monotonic() >= deadline:
+                raise RayQueueError(f"the rayqueue coordinator is unavailable: {error}") from None
+            await asyncio.sleep(_BACKOFF_S[min(attempt, len(_BACKOFF_S) - 1)])
+            attempt += 1
+
+
+# ------------------------------------------------------------------ plan stepping
+
+
+class _Done:
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+
+def _send(plan: Plan[Any], result: Any) -> Step | _Done:
+    try:
+        return plan.send(result)
+    except StopIteration as stop:
+        return _Done(stop.value)
+
+
+def _throw(plan: Plan[Any], error: BaseException) -> Step | _Done:
+    try:
+        return plan.throw(error)
+    except StopIteration as stop:
+        return _Done(stop.value)

@@ -1,0 +1,327 @@
+"""The user's side: ``connect``, ``Client`` (queues) and ``Queue`` (messages).
+
+A ``Queue`` is a small picklable handle: pass it to Ray tasks and actors and it
+works there as in the driver. It talks straight to the partition actors; the
+coordinator is asked only for the route, when a handle is made and after a
+partition failed. Each operation is written once as a plan (see
+``rayqueue.plan``) and offered blocking and awaitable (``*_async``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+import time
+import zlib
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from rayqueue import defaults
+from rayqueue.actors import calls, session
+from rayqueue.config import QueueConfig, check_queue_name
+from rayqueue.coordinator import Route
+from rayqueue.errors import InvalidArgument, InvalidReceipt, QueueFull
+from rayqueue.message import Message, PartitionStats, QueueStats, decode_receipt
+from rayqueue.plan import Call, Calls, FirstOf, Plan, Target
+from rayqueue.rows import Body, IdSource, check_attributes, check_text, messages_from_delivery, send_rows
+
+
+def connect(
+    address: str | None = None,
+    *,
+    storage: str | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+    namespace: str = defaults.NAMESPACE,
+) -> Client:
+    """Attach to Ray (starting a local one if none runs) and to the namespace's coordinator.
+
+    ``storage`` is an fsspec URL; by default ``defaults.STORAGE`` (a ``file://``
+    directory under ``~/.rayqueue``). Asking for other storage than a running
+    coordinator uses raises ``StorageMismatch``.
+    """
+    session.ensure_ray(address, namespace)
+    return Client(session.coordinator(namespace, storage, dict(storage_options or {})))
+
+
+class Client:
+    """Creates, finds, lists and deletes queues."""
+
+    def __init__(self, coordinator: Any) -> None:
+        self._coordinator = coordinator
+
+    @property
+    def storage(self) -> str:
+        return calls.call_coordinator(self._coordinator, "storage_url")
+
+    def create_queue(
+        self,
+        name: str,
+        *,
+        max_messages: int,
+        max_message_bytes: int,
+        partitions: int = 1,
+        visibility_timeout_s: float = defaults.VISIBILITY_TIMEOUT_S,
+        retention_s: float = defaults.RETENTION_S,
+        durability: str = "storage",
+    ) -> Queue:
+        """Create a queue, or return the existing one if its settings are the same.
+
+        Raises ``QueueAlreadyExists`` if a queue of that name has other settings.
+        """
+        config = QueueConfig.build(
+            name=name,
+            max_messages=max_messages,
+            max_message_bytes=max_message_bytes,
+            partitions=partitions,
+            visibility_timeout_s=visibility_timeout_s,
+            retention_s=retention_s,
+            durability=durability,
+        )
+        route = calls.call_coordinator(self._coordinator, "create_queue", config)
+        return Queue(name, self._coordinator, route)
+
+    def get_queue(self, name: str) -> Queue:
+        """The queue ``name``; raises ``QueueNotFound``."""
+        check_queue_name(name)
+        return Queue(name, self._coordinator, calls.call_coordinator(self._coordinator, "route", name))
+
+    def list_queues(self) -> list[str]:
+        return calls.call_coordinator(self._coordinator, "list_queues")
+
+    def delete_queue(self, name: str) -> None:
+        """Delete the queue and its stored data; returns once the data is gone."""
+        check_queue_name(name)
+        calls.call_coordinator(self._coordinator, "delete_queue", name)
+
+
+class Queue:
+    """A handle on one queue. Cheap to copy and to pickle."""
+
+    def __init__(self, name: str, coordinator: Any, route: Route) -> None:
+        self._target = Target(name, coordinator, route)
+        self._ids = IdSource()
+        # Start each handle at a random partition so many producers spread out.
+        self._round_robin = itertools.count(random.randrange(1 << 16))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Queue, (self._target.name, self._target.coordinator, self._target.route))
+
+    def __repr__(self) -> str:
+        return f"Queue({self.name!r}, partitions={self.config.partitions})"
+
+    @property
+    def name(self) -> str:
+        return self._target.name
+
+    @property
+    def config(self) -> QueueConfig:
+        return self._target.route.config
+
+    # ----------------------------------------------------------- the operations
+
+    def send(
+        self,
+        body: Body,
+        *,
+        key: str | None = None,
+        attributes: Mapping[str, str] | None = None,
+        message_id: str | None = None,
+    ) -> str:
+        """Send one message; return its id once it is stored.
+
+        Messages with the same ``key`` go to the same partition, in order. A
+        ``message_id`` sent again within five minutes is stored only once.
+        """
+        return calls.run(self._target, self._send_plan(body, key, attributes, message_id))
+
+    async def send_async(
+        self,
+        body: Body,
+        *,
+        key: str | None = None,
+        attributes: Mapping[str, str] | None = None,
+        message_id: str | None = None,
+    ) -> str:
+        return await calls.run_async(self._target, self._send_plan(body, key, attributes, message_id))
+
+    def send_batch(self, bodies: Sequence[Body]) -> list[str]:
+        """Send many messages in one call, all or nothing; return their ids once stored."""
+        return calls.run(self._target, self._send_batch_plan(bodies))
+
+    async def send_batch_async(self, bodies: Sequence[Body]) -> list[str]:
+        return await calls.run_async(self._target, self._send_batch_plan(bodies))
+
+    def receive(
+        self, max_messages: int = 1, *, wait_s: float = 0.0, visibility_timeout_s: float | None = None
+    ) -> list[Message]:
+        """Up to ``max_messages`` visible messages, hidden from others until deleted or
+        until the visibility timeout runs out. Waits up to ``wait_s`` for the first one."""
+        return calls.run(self._target, self._receive_plan(max_messages, wait_s, visibility_timeout_s))
+
+    async def receive_async(
+        self, max_messages: int = 1, *, wait_s: float = 0.0, visibility_timeout_s: float | None = None
+    ) -> list[Message]:
+        return await calls.run_async(self._target, self._receive_plan(max_messages, wait_s, visibility_timeout_s))
+
+    def delete(self, receipt: str) -> None:
+        """Delete a received message for good; return once the delete is stored."""
+        calls.run(self._target, self._delete_plan([receipt]))
+
+    async def delete_async(self, receipt: str) -> None:
+        await calls.run_async(self._target, self._delete_plan([receipt]))
+
+    def delete_batch(self, receipts: Sequence[str]) -> None:
+        """Delete many messages; if any receipt is invalid, none of its partition's are deleted."""
+        calls.run(self._target, self._delete_plan(receipts))
+
+    async def delete_batch_async(self, receipts: Sequence[str]) -> None:
+        await calls.run_async(self._target, self._delete_plan(receipts))
+
+    def change_visibility(self, receipt: str, timeout_s: float) -> None:
+        """Make an in-flight message visible again ``timeout_s`` from now (0: at once)."""
+        calls.run(self._target, self._visibility_plan(receipt, timeout_s))
+
+    async def change_visibility_async(self, receipt: str, timeout_s: float) -> None:
+        await calls.run_async(self._target, self._visibility_plan(receipt, timeout_s))
+
+    def stats(self) -> QueueStats:
+        return calls.run(self._target, self._stats_plan())
+
+    async def stats_async(self) -> QueueStats:
+        return await calls.run_async(self._target, self._stats_plan())
+
+    # ------------------------------------------------------------------- plans
+
+    def _send_plan(
+        self, body: Body, key: str | None, attributes: Mapping[str, str] | None, message_id: str | None
+    ) -> Plan[str]:
+        if key is not None:
+            check_text("key", key, defaults.MAX_KEY_LENGTH)
+        if message_id is not None:
+            check_text("message_id", message_id, defaults.MAX_MESSAGE_ID_LENGTH)
+        ids = [message_id] if message_id is not None else self._ids.take(1)
+        rows = send_rows(self.config, [body], ids, key, check_attributes(attributes))
+        # A key pins a partition (order per key); so does a message id (a retry must meet its first try).
+        pin = key if key is not None else message_id
+        yield from self._store(rows, pin, dedup=message_id is not None)
+        return ids[0]
+
+    def _send_batch_plan(self, bodies: Sequence[Body]) -> Plan[list[str]]:
+        if isinstance(bodies, (bytes, str)) or not isinstance(bodies, Sequence):
+            raise InvalidArgument(f"send_batch takes a sequence of bodies, not {type(bodies).__name__}")
+        _check_batch(len(bodies))
+        if not bodies:
+            return []
+        ids = self._ids.take(len(bodies))
+        yield from self._store(send_rows(self.config, bodies, ids), None, dedup=False)
+        return ids
+
+    def _store(self, rows: Any, pin: str | None, dedup: bool) -> Plan[None]:
+        partitions = self.config.partitions
+        if pin is not None:
+            order = [zlib.crc32(pin.encode()) % partitions]
+        else:
+            start = next(self._round_robin)
+            order = [(start + i) % partitions for i in range(partitions)]
+        # A repeat after a partition failure must not store the rows twice.
+        stored = 0
+        for partition in order:
+            try:
+                yield Calls([Call(partition, "send", (rows, dedup), retry_args=(rows, True))])
+                return
+            except QueueFull as full:
+                stored += full.stored  # this partition's share is used up; try the next
+        raise QueueFull(self.name, self.config.max_messages, stored, rows.num_rows)
+
+    def _receive_plan(self, max_messages: int, wait_s: float, visibility_s: float | None) -> Plan[list[Message]]:
+        _check_range("max_messages", max_messages, 1, defaults.MAX_BATCH_MESSAGES, integer=True)
+        _check_range("wait_s", wait_s, 0.0, defaults.MAX_WAIT_S)
+        if visibility_s is not None:
+            _check_range("visibility_timeout_s", visibility_s, 0.0, defaults.MAX_VISIBILITY_TIMEOUT_S)
+        partitions = self.config.partitions
+        if partitions == 1:
+            (delivery,) = yield Calls([Call(0, "receive", (max_messages, wait_s, visibility_s), wait_s=wait_s)])
+            return messages_from_delivery(0, delivery)
+        start = next(self._round_robin)
+        messages: list[Message] = []
+        for partition in ((start + i) % partitions for i in range(partitions)):
+            (delivery,) = yield Calls([Call(partition, "receive", (max_messages - len(messages), 0.0, visibility_s))])
+            messages += messages_from_delivery(partition, delivery)
+            if len(messages) == max_messages:
+                break
+        if messages or wait_s <= 0:
+            return messages
+        return (yield from self._long_poll(max_messages, wait_s, visibility_s))
+
+    def _long_poll(self, max_messages: int, wait_s: float, visibility_s: float | None) -> Plan[list[Message]]:
+        # Ask every partition to tell us when it has something, then take from the first that does.
+        give_up = time.monotonic() + wait_s
+        while (remaining := give_up - time.monotonic()) > 0:
+            probes = [Call(p, "wait_visible", (remaining,), wait_s=remaining) for p in range(self.config.partitions)]
+            first = yield FirstOf(probes, remaining)
+            if first is None or not first[1]:
+                continue
+            partition = first[0]
+            (delivery,) = yield Calls([Call(partition, "receive", (max_messages, 0.0, visibility_s))])
+            if delivery.num_rows:
+                return messages_from_delivery(partition, delivery)
+        return []
+
+    def _delete_plan(self, receipts: Sequence[str]) -> Plan[None]:
+        if isinstance(receipts, str) or not isinstance(receipts, Sequence):
+            raise InvalidArgument(f"delete_batch takes a sequence of receipts, not {type(receipts).__name__}")
+        _check_batch(len(receipts))
+        by_partition: dict[int, tuple[list[int], list[int], list[str]]] = {}
+        for receipt in receipts:
+            partition, offset, token = self._decode(receipt)
+            offsets, tokens, texts = by_partition.setdefault(partition, ([], [], []))
+            offsets.append(offset)
+            tokens.append(token)
+            texts.append(receipt)
+        if not by_partition:
+            return
+        yield Calls(
+            [
+                Call(partition, "delete", (np.array(offsets, np.int64), np.array(tokens, np.int64), texts))
+                for partition, (offsets, tokens, texts) in by_partition.items()
+            ]
+        )
+
+    def _visibility_plan(self, receipt: str, timeout_s: float) -> Plan[None]:
+        _check_range("timeout_s", timeout_s, 0.0, defaults.MAX_VISIBILITY_TIMEOUT_S)
+        partition, offset, token = self._decode(receipt)
+        yield Calls([Call(partition, "change_visibility", (offset, token, receipt, float(timeout_s)))])
+
+    def _stats_plan(self) -> Plan[QueueStats]:
+        parts: list[PartitionStats] = yield Calls(
+            [Call(partition, "stats", ()) for partition in range(self.config.partitions)]
+        )
+        return QueueStats(
+            name=self.name,
+            visible=sum(p.visible for p in parts),
+            in_flight=sum(p.in_flight for p in parts),
+            stored_bytes=sum(p.stored_bytes for p in parts),
+            partitions=tuple(parts),
+        )
+
+    def _decode(self, receipt: str) -> tuple[int, int, int]:
+        partition, offset, token = decode_receipt(receipt)
+        if partition >= self.config.partitions:
+            raise InvalidReceipt(receipt, f"queue {self.name!r} has no partition {partition}")
+        return partition, offset, token
+
+
+def _check_batch(count: int) -> None:
+    if count > defaults.MAX_BATCH_MESSAGES:
+        raise InvalidArgument(f"a batch ({count} messages) must hold at most {defaults.MAX_BATCH_MESSAGES} messages")
+
+
+def _check_range(name: str, value: object, low: float, high: float, *, integer: bool = False) -> None:
+    kinds = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds) or not (low <= value <= high) or (
+        isinstance(value, float) and math.isnan(value)
+    ):
+        raise InvalidArgument(f"{name} ({value!r}) must be a number from {low} to {high}")

@@ -1,0 +1,91 @@
+"""Queue settings: frozen, validated, persisted in the catalog as they are."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+import pydantic
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from rayqueue import defaults
+from rayqueue.errors import InvalidArgument
+
+_NAME = re.compile(r"[A-Za-z0-9_-]{1,%d}" % defaults.MAX_NAME_LENGTH)
+
+Durability = Literal["storage", "replicas"]
+
+
+def check_queue_name(name: object) -> str:
+    """Return ``name`` if it is a valid queue name, else raise :class:`InvalidArgument`."""
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise InvalidArgument(
+            f"queue name {name!r} must be 1 to {defaults.MAX_NAME_LENGTH} characters "
+            "of letters, digits, '-' and '_'",
+            name=name,
+        )
+    return name
+
+
+class QueueConfig(BaseModel):
+    """The settings of one queue. Equal configs mean "the same queue"."""
+
+    model_config = ConfigDict(frozen=True, strict=True, extra="forbid")
+
+    name: str
+    #: Messages stored and not yet deleted, across all partitions; more are refused with QueueFull.
+    max_messages: int = Field(ge=1, le=defaults.MAX_QUEUE_MESSAGES)
+    #: Longest body accepted; longer ones are refused with MessageTooLarge.
+    max_message_bytes: int = Field(ge=1, le=defaults.MAX_MESSAGE_BYTES_LIMIT)
+    partitions: int = Field(default=1, ge=1, le=defaults.MAX_PARTITIONS)
+    visibility_timeout_s: float = Field(
+        default=defaults.VISIBILITY_TIMEOUT_S, ge=0.0, le=defaults.MAX_VISIBILITY_TIMEOUT_S
+    )
+    retention_s: float = Field(
+        default=defaults.RETENTION_S, ge=defaults.MIN_RETENTION_S, le=defaults.MAX_RETENTION_S
+    )
+    durability: Durability = "storage"
+
+    @field_validator("name")
+    @classmethod
+    def _valid_name(cls, name: str) -> str:
+        return check_queue_name(name)
+
+    @field_validator("durability")
+    @classmethod
+    def _supported_durability(cls, durability: str) -> str:
+        if durability == "replicas":
+            # Accepting it without replica actors would promise a copy that does not exist.
+            raise ValueError("'replicas' needs replica actors, which this version lacks; use 'storage'")
+        return durability
+
+    @classmethod
+    def build(cls, **settings: Any) -> QueueConfig:
+        """Validate ``settings``; raise :class:`InvalidArgument` naming each bad value."""
+        try:
+            return cls(**settings)
+        except pydantic.ValidationError as error:
+            raise InvalidArgument(describe_validation_error(error)) from None
+
+    def partition_quota(self, partition: int) -> int:
+        """This partition's share of ``max_messages``; the shares add up to it exactly."""
+        share, remainder = divmod(self.max_messages, self.partitions)
+        return share + (1 if partition < remainder else 0)
+
+    def differences(self, other: QueueConfig) -> dict[str, tuple[Any, Any]]:
+        """Settings that differ, as ``{field: (self's value, other's value)}``."""
+        mine, theirs = self.model_dump(), other.model_dump()
+        return {key: (mine[key], theirs[key]) for key in mine if mine[key] != theirs[key]}
+
+
+def describe_validation_error(error: pydantic.ValidationError) -> str:
+    """One line per bad field, quoting the value: ``max_messages (0): ...``."""
+    parts = []
+    for item in error.errors(include_url=False):
+        field = ".".join(str(part) for part in item["loc"]) or "settings"
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "missing":
+            parts.append(f"{field} is required")
+        else:
+            parts.append(f"{field} ({item.get('input')!r}): {message[0].lower()}{message[1:]}")
+    return "; ".join(parts)

@@ -1,0 +1,62 @@
+"""Named defaults and hard limits, in one place.
+
+Limits follow Amazon SQS where a user would compare (names, visibility,
+retention, attributes) and are larger where rayqueue is meant to move bulk data
+(batch sizes, message size).
+"""
+
+from __future__ import annotations
+
+import os
+
+#: Ray namespace that holds the coordinator and the partition actors.
+NAMESPACE = "rayqueue"
+#: Name of the detached coordinator actor inside the namespace.
+COORDINATOR_NAME = "rayqueue-coordinator"
+#: Storage used when connect() is given none and no coordinator runs yet.
+STORAGE = os.environ.get("RAYQUEUE_STORAGE") or "file://" + os.path.expanduser("~/.rayqueue/storage")
+
+#: Longest queue name, as in SQS.
+MAX_NAME_LENGTH = 80
+#: Largest max_messages a queue may ask for.
+MAX_QUEUE_MESSAGES = 10_000_000_000
+#: Largest max_message_bytes a queue may ask for (SQS stops at 1 MiB).
+MAX_MESSAGE_BYTES_LIMIT = 16 * 1024 * 1024
+#: Most partitions one queue may have.
+MAX_PARTITIONS = 256
+#: Visibility timeout: default and upper bound, as in SQS.
+VISIBILITY_TIMEOUT_S = 30.0
+MAX_VISIBILITY_TIMEOUT_S = 12 * 3600.0
+#: Retention: default four days, from one minute to fourteen days, as in SQS.
+RETENTION_S = 4 * 24 * 3600.0
+MIN_RETENTION_S = 60.0
+MAX_RETENTION_S = 14 * 24 * 3600.0
+#: Longest long poll of one receive call (SQS allows 20 s).
+MAX_WAIT_S = 20.0
+
+#: Most messages in one send_batch, receive or delete_batch call.
+MAX_BATCH_MESSAGES = 10_000
+#: Most body bytes in one send_batch call.
+MAX_BATCH_BYTES = 64 * 1024 * 1024
+#: Attributes per message, as in SQS, and the longest key and value.
+MAX_ATTRIBUTES = 10
+MAX_ATTRIBUTE_KEY_LENGTH = 256
+MAX_ATTRIBUTE_VALUE_LENGTH = 4096
+#: Longest ordering key and explicit message id.
+MAX_KEY_LENGTH = 256
+MAX_MESSAGE_ID_LENGTH = 128
+
+#: How long an explicit message_id makes a repeated send a no-op (SQS: 5 minutes).
+DEDUP_WINDOW_S = 300.0
+
+#: Storage calls are retried with exponential backoff for this long before the
+#: error reaches the caller as StorageUnavailable.
+STORAGE_RETRY_S = 10.0
+STORAGE_RETRY_FIRST_DELAY_S = 0.05
+
+#: A handle retries a partition that is restarting for this long before it
+#: raises PartitionUnavailable (a Ray actor restart takes about 0.65 s here).
+PARTITION_RETRY_S = 30.0
+
+#: Catalog versions kept on storage besides the newest (older ones are removed).
+CATALOG_VERSIONS_KEPT = 3

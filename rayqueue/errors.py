@@ -1,0 +1,165 @@
+"""Every error rayqueue raises, under one root: :class:`RayQueueError`.
+
+Each error carries the values that explain it as attributes, and pickles with
+them, because errors cross process boundaries: a partition actor raises, the
+caller's handle re-raises the same error. Users never see a raw Ray or storage
+exception for the cases below; the handle translates at the boundary.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class RayQueueError(Exception):
+    """Root of every rayqueue error."""
+
+    def __init__(self, message: str, **fields: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self._fields = fields
+        for name, value in fields.items():
+            setattr(self, name, value)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Rebuild through the root constructor so subclasses keep their fields
+        # without each one having to define how it pickles.
+        return (_rebuild, (type(self), self.message, self._fields))
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def _rebuild(cls: type[RayQueueError], message: str, fields: dict[str, Any]) -> RayQueueError:
+    error = cls.__new__(cls)
+    RayQueueError.__init__(error, message, **fields)
+    return error
+
+
+class InvalidArgument(RayQueueError, ValueError):
+    """An argument is out of range or malformed; nothing was changed."""
+
+
+class QueueNotFound(RayQueueError):
+    """The queue does not exist, or was deleted while a handle still pointed at it."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"queue {name!r} does not exist", name=name)
+
+
+class QueueAlreadyExists(RayQueueError):
+    """A queue of that name exists with other settings."""
+
+    def __init__(self, name: str, differences: dict[str, tuple[Any, Any]]) -> None:
+        detail = ", ".join(
+            f"{field}: existing {old!r}, requested {new!r}"
+            for field, (old, new) in sorted(differences.items())
+        )
+        super().__init__(
+            f"queue {name!r} already exists with other settings ({detail})",
+            name=name,
+            differences=differences,
+        )
+
+
+class QueueFull(RayQueueError):
+    """Accepting the batch would pass the queue's ``max_messages``; none of it was stored."""
+
+    def __init__(self, name: str, limit: int, stored: int, requested: int) -> None:
+        super().__init__(
+            f"queue {name!r} is full: {stored} stored + {requested} sent > limit {limit}",
+            name=name,
+            limit=limit,
+            stored=stored,
+            requested=requested,
+        )
+
+
+class MessageTooLarge(RayQueueError, ValueError):
+    """A body is longer than the queue's ``max_message_bytes``; none of the batch was stored."""
+
+    def __init__(self, name: str, size: int, limit: int, index: int = 0) -> None:
+        super().__init__(
+            f"message {index} for queue {name!r} is {size} bytes, "
+            f"over the queue's max_message_bytes of {limit}",
+            name=name,
+            size=size,
+            limit=limit,
+            index=index,
+        )
+
+
+class InvalidReceipt(RayQueueError, ValueError):
+    """A receipt is malformed, forged, or no longer the latest for its message."""
+
+    def __init__(self, receipt: str, reason: str) -> None:
+        super().__init__(f"invalid receipt {receipt!r}: {reason}", receipt=receipt, reason=reason)
+
+
+class StorageMismatch(RayQueueError):
+    """``connect`` asked for other storage than the running coordinator already uses."""
+
+    def __init__(self, requested: str, existing: str) -> None:
+        super().__init__(
+            f"the rayqueue coordinator in this namespace uses storage {existing!r}, "
+            f"not {requested!r}; connect without storage= or use another namespace",
+            requested=requested,
+            existing=existing,
+        )
+
+
+class StorageUnavailable(RayQueueError):
+    """Storage kept failing after retries; the operation was not acknowledged."""
+
+    def __init__(self, operation: str, path: str, cause: str) -> None:
+        super().__init__(
+            f"storage unavailable: {operation} {path!r} failed: {cause}",
+            operation=operation,
+            path=path,
+            cause=cause,
+        )
+
+
+class StorageCorrupt(RayQueueError):
+    """An object on storage is not in a format this version of rayqueue can read."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"cannot read {path!r}: {reason}", path=path, reason=reason)
+
+
+class ObjectExists(RayQueueError):
+    """A create-only write found the object already there: another writer won the race.
+
+    Partitions see it when a newer leader of the same partition has written first.
+    """
+
+    def __init__(self, path: str) -> None:
+        super().__init__(f"{path!r} already exists: another writer created it first", path=path)
+
+
+class PartitionUnavailable(RayQueueError):
+    """A partition did not answer within the bounded retry time."""
+
+    def __init__(self, queue: str, partition: int, cause: str) -> None:
+        super().__init__(
+            f"partition {partition} of queue {queue!r} is unavailable: {cause}",
+            queue=queue,
+            partition=partition,
+            cause=cause,
+        )
+
+
+__all__ = [
+    "InvalidArgument",
+    "InvalidReceipt",
+    "MessageTooLarge",
+    "ObjectExists",
+    "PartitionUnavailable",
+    "QueueAlreadyExists",
+    "QueueFull",
+    "QueueNotFound",
+    "RayQueueError",
+    "StorageCorrupt",
+    "StorageMismatch",
+    "StorageUnavailable",
+]

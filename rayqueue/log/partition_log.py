@@ -1,0 +1,402 @@
+"""One partition's messages and their delivery state: pure logic, no Ray, no I/O.
+
+Messages live in chunks, one per stored segment: the Arrow rows as written,
+plus NumPy arrays of per-message state (visibility deadline, receive count,
+delivery token, deleted flag), so that receiving and deleting a batch costs a
+few vector operations rather than a Python loop over messages.
+
+Every method takes ``now`` (seconds since the epoch) instead of reading a clock,
+so tests drive time by hand. Offsets grow by one per message and are never
+reused; a chunk's offsets are consecutive.
+
+Delivery order: messages never delivered yet are handed out in offset order
+from ``cursor``; messages whose visibility timeout ran out come back first,
+since they are older.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from rayqueue.errors import InvalidReceipt, QueueFull
+from rayqueue.storage.format import SEGMENT_SCHEMA
+
+#: Columns a delivery adds to the segment's own.
+DELIVERY_SCHEMA = pa.schema(
+    [*SEGMENT_SCHEMA, pa.field("receive_count", pa.int32()), pa.field("token", pa.int64())]
+)
+
+_MICROS = 1_000_000
+
+
+@dataclass(eq=False)
+class Chunk:
+    """The messages of one segment and their delivery state."""
+
+    batch: pa.RecordBatch
+    first: int
+    sent_at: np.ndarray  # float64 seconds, non-decreasing
+    sizes: np.ndarray  # int64 body bytes
+    visible_at: np.ndarray = field(init=False)  # float64; inf while a delete is being stored
+    receive_count: np.ndarray = field(init=False)  # int32
+    token: np.ndarray = field(init=False)  # int64; 0 = never delivered
+    deleted: np.ndarray = field(init=False)  # bool
+    live: int = field(init=False)
+    #: Earliest visibility deadline among delivered rows (a lower bound; may be stale-low).
+    deadline: float = math.inf
+    #: Rows at the head already dropped for age.
+    expired: int = 0
+
+    def __post_init__(self) -> None:
+        rows = self.batch.num_rows
+        self.visible_at = np.zeros(rows, np.float64)
+        self.receive_count = np.zeros(rows, np.int32)
+        self.token = np.zeros(rows, np.int64)
+        self.deleted = np.zeros(rows, np.bool_)
+        self.live = rows
+
+    @property
+    def end(self) -> int:
+        return self.first + self.batch.num_rows
+
+    @classmethod
+    def from_segment(cls, batch: pa.RecordBatch) -> Chunk:
+        first = batch.column(0)[0].as_py()
+        sent = batch.column("sent_at").cast(pa.int64()).to_numpy() / _MICROS
+        sizes = pc.binary_length(batch.column("body")).to_numpy().astype(np.int64)
+        return cls(batch=batch, first=first, sent_at=sent, sizes=sizes)
+
+
+@dataclass
+class DeleteTicket:
+    """Deletes accepted but not yet stored: commit after the delete log is durable."""
+
+    offsets: np.ndarray
+    rows: list[tuple[Chunk, np.ndarray, np.ndarray]]  # chunk, row indexes, prior visible_at
+
+
+@dataclass(frozen=True)
+class LogStats:
+    visible: int
+    in_flight: int
+    stored_bytes: int
+
+
+class PartitionLog:
+    """The state of one partition. Not thread-safe: one event loop drives it."""
+
+    def __init__(
+        self,
+        partition: int,
+        quota: int,
+        retention_s: float,
+        dedup_window_s: float,
+        seed: int | None = None,
+    ) -> None:
+        self.partition = partition
+        self.quota = quota
+        self.retention_s = retention_s
+        self.dedup_window_s = dedup_window_s
+        self.next_offset = 0
+        self._chunks: list[Chunk] = []
+        self._firsts: list[int] = []
+        self._cursor = 0
+        self._live = 0
+        self._fresh = 0  # messages past the cursor: never delivered
+        self._reserved = 0
+        self._bytes = 0
+        self._last_sent_at = 0.0
+        self._next_deadline = math.inf
+        self._dedup: dict[str, float] = {}
+        self._dedup_order: deque[tuple[float, str]] = deque()
+        self._rng = np.random.default_rng(seed)
+
+    # ----------------------------------------------------------------- recovery
+
+    def load(self, segments: list[pa.Table], deleted: np.ndarray, next_offset: int, now: float) -> None:
+        """Rebuild from storage: every message not deleted becomes visible again."""
+        for table in segments:
+            for batch in table.combine_chunks().to_batches():
+                if batch.num_rows == 0:
+                    continue
+                chunk = Chunk.from_segment(batch)
+                rows = deleted[(deleted >= chunk.first) & (deleted < chunk.end)] - chunk.first
+                chunk.deleted[rows] = True
+                chunk.live = int(chunk.batch.num_rows - chunk.deleted.sum())
+                self._last_sent_at = max(self._last_sent_at, float(chunk.sent_at[-1]))
+                self._remember(batch.column("id").to_pylist(), float(chunk.sent_at[-1]), now)
+                if chunk.live:
+                    self._add_chunk(chunk)
+        self.next_offset = max(self.next_offset, next_offset)
+        self._cursor = self._firsts[0] if self._firsts else self.next_offset
+        self._fresh = self._live
+        self._expire(now)
+
+    def _add_chunk(self, chunk: Chunk) -> None:
+        self._chunks.append(chunk)
+        self._firsts.append(chunk.first)
+        self._live += chunk.live
+        self._bytes += int(chunk.sizes[~chunk.deleted].sum())
+
+    # -------------------------------------------------------------------- sends
+
+    def reserve(self, queue: str, count: int) -> None:
+        """Hold room for ``count`` messages about to be stored, or raise QueueFull."""
+        if self._live + self._reserved + count > self.quota:
+            raise QueueFull(queue, self.quota, self._live + self._reserved, count)
+        self._reserved += count
+
+    def release(self, count: int) -> None:
+        """Give back a reservation whose messages were not stored."""
+        self._reserved -= count
+
+    def seen_ids(self, ids: list[str], now: float) -> list[bool]:
+        """Which explicit message ids were sent within the dedup window."""
+        self._forget_old_ids(now)
+        return [message_id in self._dedup for message_id in ids]
+
+    def remember_ids(self, ids: list[str], now: float) -> None:
+        self._remember(ids, now, now)
+
+    def _remember(self, ids: list[str], sent_at: float, now: float) -> None:
+        expires = sent_at + self.dedup_window_s
+        if expires <= now:
+            return
+        for message_id in ids:
+            self._dedup[message_id] = expires
+            self._dedup_order.append((expires, message_id))
+
+    def _forget_old_ids(self, now: float) -> None:
+        while self._dedup_order and self._dedup_order[0][0] <= now:
+            expires, message_id = self._dedup_order.popleft()
+            if self._dedup.get(message_id) == expires:
+                del self._dedup[message_id]
+
+    def stamp(self, rows: pa.Table, now: float) -> pa.RecordBatch:
+        """Give the rows their offsets and send time: the segment to store.
+
+        Offsets are taken even if storing fails; a gap in offsets is harmless.
+        """
+        count = rows.num_rows
+        first = self.next_offset
+        self.next_offset += count
+        # Send times never go backwards within a partition, so age-based expiry
+        # can drop messages from the head.
+        self._last_sent_at = max(self._last_sent_at, now)
+        micros = int(self._last_sent_at * _MICROS)
+        columns = [pa.array(np.arange(first, first + count, dtype=np.int64))]
+        columns += [rows.column(name).combine_chunks() for name in ("id", "body", "key", "attributes")]
+        columns.append(pa.array(np.full(count, micros, np.int64)).cast(SEGMENT_SCHEMA.field("sent_at").type))
+        return pa.RecordBatch.from_arrays(columns, schema=SEGMENT_SCHEMA)
+
+    def publish(self, segment: pa.RecordBatch) -> None:
+        """Make a stored segment's messages receivable; consumes its reservation."""
+        self._reserved -= segment.num_rows
+        self._fresh += segment.num_rows
+        self._add_chunk(Chunk.from_segment(segment))
+
+    # ----------------------------------------------------------------- receives
+
+    def receive(self, max_messages: int, now: float, visibility_s: float) -> pa.Table:
+        """Hand out up to ``max_messages`` visible messages and hide them until ``now + visibility_s``."""
+        self._expire(now)
+        deadline = now + visibility_s
+        pieces: list[tuple[Chunk, np.ndarray]] = []
+        wanted = max_messages
+        if self._next_deadline <= now:
+            wanted -= self._take_redeliveries(wanted, now, pieces)
+        wanted -= self._take_fresh(wanted, pieces)
+        if not pieces:
+            return DELIVERY_SCHEMA.empty_table()
+        batches = []
+        for chunk, rows in pieces:
+            chunk.visible_at[rows] = deadline
+            chunk.receive_count[rows] += 1
+            chunk.token[rows] = self._rng.integers(1, 2**62, size=len(rows))
+            chunk.deadline = min(chunk.deadline, deadline)
+            batches.append(_delivery(chunk, rows))
+        self._next_deadline = min(self._next_deadline, deadline)
+        return pa.Table.from_batches(batches, schema=DELIVERY_SCHEMA)
+
+    def _take_fresh(self, wanted: int, pieces: list[tuple[Chunk, np.ndarray]]) -> int:
+        taken = 0
+        index = max(bisect.bisect_right(self._firsts, self._cursor) - 1, 0)
+        while taken < wanted and self._fresh and index < len(self._chunks):
+            chunk = self._chunks[index]
+            start = max(self._cursor - chunk.first, 0)
+            # Rows past the cursor were never delivered; only a restart leaves deleted ones among them.
+            rows = start + np.flatnonzero(~chunk.deleted[start:])[: wanted - taken]
+            if len(rows):
+                pieces.append((chunk, rows))
+                taken += len(rows)
+            reached_end = taken < wanted or not len(rows)
+            self._cursor = chunk.end if reached_end else chunk.first + int(rows[-1]) + 1
+            index += 1
+        self._fresh -= taken
+        return taken
+
+    def _take_redeliveries(self, wanted: int, now: float, pieces: list[tuple[Chunk, np.ndarray]]) -> int:
+        taken = 0
+        for chunk in self._chunks:
+            if chunk.first >= self._cursor:
+                break
+            if chunk.deadline > now or taken >= wanted:
+                continue
+            delivered = self._delivered_rows(chunk)
+            due = np.flatnonzero((chunk.visible_at[:delivered] <= now) & ~chunk.deleted[:delivered])
+            rows = due[: wanted - taken]
+            if len(rows):
+                pieces.append((chunk, rows))
+                taken += len(rows)
+            rest = np.setdiff1d(due, rows, assume_unique=True)
+            waiting = chunk.visible_at[:delivered][~chunk.deleted[:delivered]]
+            waiting = waiting[waiting > now]
+            chunk.deadline = min(
+                float(waiting.min()) if len(waiting) else math.inf,
+                now if len(rest) else math.inf,
+            )
+        self._next_deadline = min((chunk.deadline for chunk in self._chunks), default=math.inf)
+        return taken
+
+    def _delivered_rows(self, chunk: Chunk) -> int:
+        return min(max(self._cursor - chunk.first, 0), chunk.batch.num_rows)
+
+    # ------------------------------------------------------------------ deletes
+
+    def prepare_delete(self, offsets: np.ndarray, tokens: np.ndarray, receipts: list[str]) -> DeleteTicket:
+        """Check every receipt and hide the messages; raise InvalidReceipt and change nothing if any is bad.
+
+        A receipt of a message already deleted is accepted: deleting twice is harmless.
+        """
+        rows_by_chunk: list[tuple[Chunk, np.ndarray, np.ndarray]] = []
+        if np.any(offsets >= self.next_offset):
+            bad = int(np.flatnonzero(offsets >= self.next_offset)[0])
+            raise InvalidReceipt(receipts[bad], "no such message was ever sent")
+        firsts = np.asarray(self._firsts, np.int64)
+        where = np.searchsorted(firsts, offsets, side="right") - 1
+        for index in np.unique(where):
+            if index < 0:
+                continue  # before every chunk we hold: long deleted
+            chunk = self._chunks[index]
+            picked = np.flatnonzero(where == index)
+            rows = offsets[picked] - chunk.first
+            inside = rows < chunk.batch.num_rows  # else in a gap left by a failed write
+            picked, rows = picked[inside], rows[inside]
+            stale = ~chunk.deleted[rows] & (chunk.token[rows] != tokens[picked])
+            if np.any(stale):
+                bad = int(picked[np.flatnonzero(stale)[0]])
+                raise InvalidReceipt(receipts[bad], "not the latest receipt of this message")
+            rows = rows[~chunk.deleted[rows]]
+            if len(rows):
+                rows_by_chunk.append((chunk, rows, chunk.visible_at[rows].copy()))
+        for chunk, rows, _prior in rows_by_chunk:
+            chunk.visible_at[rows] = math.inf
+        to_store = [chunk.first + rows for chunk, rows, _ in rows_by_chunk]
+        stored = np.concatenate(to_store) if to_store else np.empty(0, np.int64)
+        return DeleteTicket(offsets=stored, rows=rows_by_chunk)
+
+    def commit_delete(self, ticket: DeleteTicket) -> None:
+        """The delete log is durable: the messages are gone for good."""
+        for chunk, rows, _prior in ticket.rows:
+            rows = rows[~chunk.deleted[rows]]  # a concurrent delete may have committed them
+            chunk.deleted[rows] = True
+            chunk.live -= len(rows)
+            self._live -= len(rows)
+            self._bytes -= int(chunk.sizes[rows].sum())
+            if chunk.live == 0:
+                self._drop(chunk)
+
+    def abort_delete(self, ticket: DeleteTicket) -> None:
+        """Storing the delete log failed: the messages are as they were."""
+        for chunk, rows, prior in ticket.rows:
+            pending = ~chunk.deleted[rows]
+            chunk.visible_at[rows[pending]] = prior[pending]
+
+    def _drop(self, chunk: Chunk) -> None:
+        index = self._chunks.index(chunk)
+        del self._chunks[index]
+        del self._firsts[index]
+        self._cursor = max(self._cursor, chunk.end)
+
+    # --------------------------------------------------------------- visibility
+
+    def change_visibility(self, offset: int, token: int, receipt: str, timeout_s: float, now: float) -> None:
+        """Make one in-flight message visible again after ``timeout_s``."""
+        found = self._locate(offset)
+        if found is None:
+            raise InvalidReceipt(receipt, "the message was deleted")
+        chunk, row = found
+        if chunk.deleted[row] or chunk.token[row] != token:
+            reason = "the message was deleted" if chunk.deleted[row] else "not the latest receipt of this message"
+            raise InvalidReceipt(receipt, reason)
+        chunk.visible_at[row] = now + timeout_s
+        chunk.deadline = min(chunk.deadline, now + timeout_s)
+        self._next_deadline = min(self._next_deadline, chunk.deadline)
+
+    def _locate(self, offset: int) -> tuple[Chunk, int] | None:
+        index = bisect.bisect_right(self._firsts, offset) - 1
+        if index < 0 or offset >= self._chunks[index].end:
+            return None
+        return self._chunks[index], offset - self._chunks[index].first
+
+    # -------------------------------------------------------------------- state
+
+    def has_visible(self, now: float) -> bool:
+        """Would a receive at ``now`` return anything? Cheap: no scan unless a deadline passed."""
+        self._expire(now)
+        if self._fresh:
+            return True
+        return self._next_deadline <= now and self.stats(now).visible > 0
+
+    def next_deadline(self) -> float:
+        """The earliest time an in-flight message may become visible again."""
+        return self._next_deadline
+
+    def stats(self, now: float) -> LogStats:
+        self._expire(now)
+        in_flight = 0
+        for chunk in self._chunks:
+            if chunk.first >= self._cursor:
+                break
+            delivered = self._delivered_rows(chunk)
+            in_flight += int(np.count_nonzero((chunk.visible_at[:delivered] > now) & ~chunk.deleted[:delivered]))
+        return LogStats(visible=self._live - in_flight, in_flight=in_flight, stored_bytes=self._bytes)
+
+    def _expire(self, now: float) -> None:
+        """Drop messages older than the retention period, oldest first."""
+        cutoff = now - self.retention_s
+        while self._chunks:
+            chunk = self._chunks[0]
+            if chunk.sent_at[chunk.expired] >= cutoff:
+                break
+            stop = int(np.searchsorted(chunk.sent_at, cutoff, side="left"))
+            rows = np.arange(chunk.expired, stop)
+            rows = rows[~chunk.deleted[rows]]
+            chunk.deleted[rows] = True
+            chunk.live -= len(rows)
+            self._live -= len(rows)
+            self._fresh -= int(np.count_nonzero(chunk.first + rows >= self._cursor))
+            self._bytes -= int(chunk.sizes[rows].sum())
+            chunk.expired = stop
+            self._cursor = max(self._cursor, chunk.first + stop)
+            if chunk.live == 0:
+                self._drop(chunk)
+            else:
+                break
+
+
+def _delivery(chunk: Chunk, rows: np.ndarray) -> pa.RecordBatch:
+    if len(rows) and rows[-1] - rows[0] + 1 == len(rows):
+        part = chunk.batch.slice(int(rows[0]), len(rows))  # contiguous: no copy
+    else:
+        part = chunk.batch.take(pa.array(rows))
+    extra = [pa.array(chunk.receive_count[rows]), pa.array(chunk.token[rows])]
+    return pa.RecordBatch.from_arrays([*part.columns, *extra], schema=DELIVERY_SCHEMA)
+

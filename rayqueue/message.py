@@ -1,0 +1,72 @@
+"""Value objects users hold: Message, QueueStats, and the receipt encoding."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from rayqueue.errors import InvalidReceipt
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One delivery of a message. ``receipt`` is valid until the next delivery of it."""
+
+    id: str
+    body: bytes
+    receipt: str
+    attributes: dict[str, str] = field(default_factory=dict)
+    #: Deliveries of this message so far, this one included (1 on first delivery).
+    receive_count: int = 1
+    #: When the partition accepted the message, in seconds since the Unix epoch.
+    sent_at: float = 0.0
+    key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionStats:
+    partition: int
+    visible: int
+    in_flight: int
+    stored_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    """Counts that are exact once the calls made before ``stats()`` have returned."""
+
+    name: str
+    #: Messages that a receive would hand out now.
+    visible: int
+    #: Messages handed out and neither deleted nor visible again yet.
+    in_flight: int
+    #: Body bytes of the messages stored and not deleted.
+    stored_bytes: int
+    partitions: tuple[PartitionStats, ...] = ()
+
+    @property
+    def stored(self) -> int:
+        return self.visible + self.in_flight
+
+
+def encode_receipt(partition: int, offset: int, token: int) -> str:
+    """A receipt names where the message lives and which delivery it belongs to.
+
+    The token is random per delivery, so a receipt cannot be guessed or reused
+    after the message was delivered again.
+    """
+    return f"{partition}.{offset}.{token:x}"
+
+
+def decode_receipt(receipt: object) -> tuple[int, int, int]:
+    """``(partition, offset, token)``; raise InvalidReceipt if it is malformed."""
+    if not isinstance(receipt, str):
+        raise InvalidReceipt(repr(receipt), "a receipt is a str")
+    try:
+        partition, offset, token = receipt.split(".")
+        values = int(partition), int(offset), int(token, 16)
+    except ValueError:
+        raise InvalidReceipt(receipt, "malformed") from None
+    # Offsets are int64 and tokens are drawn from [1, 2**62).
+    if min(values) < 0 or values[1] >= 1 << 63 or not 0 < values[2] < 1 << 62:
+        raise InvalidReceipt(receipt, "malformed")
+    return values

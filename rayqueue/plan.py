@@ -1,0 +1,61 @@
+"""Operations written once, run both blocking and awaitable.
+
+A queue operation is a generator (a *plan*) that yields the partition calls it
+needs and receives their results; errors of those calls are thrown into it.
+Two small drivers in ``rayqueue.actors.calls`` run a plan: one with
+``ray.get`` for plain code, one with ``await`` for async actors. Retrying a
+restarting partition and translating Ray's errors live in the drivers, so the
+plans hold only the queue's own rules.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from dataclasses import dataclass
+from typing import Any, TypeVar, Union
+
+from rayqueue.coordinator import Route
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Call:
+    """One method call on one partition actor."""
+
+    partition: int
+    method: str
+    args: tuple[Any, ...]
+    #: How long the call may legitimately wait inside the actor (a long poll).
+    wait_s: float = 0.0
+    #: Arguments for a repeat after the partition failed mid-call (e.g. dedup on).
+    retry_args: tuple[Any, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Calls:
+    """Run these calls concurrently; the plan receives their results in order."""
+
+    calls: list[Call]
+
+
+@dataclass(frozen=True)
+class FirstOf:
+    """Run these calls concurrently; the plan receives ``(index, result)`` of the
+    first to finish (the others are cancelled), or None after ``timeout_s``."""
+
+    calls: list[Call]
+    timeout_s: float
+
+
+Step = Union[Calls, FirstOf]
+Plan = Generator[Step, Any, T]
+
+
+@dataclass
+class Target:
+    """Where a handle's calls go: the coordinator, and the queue's cached route."""
+
+    name: str
+    coordinator: Any
+    route: Route

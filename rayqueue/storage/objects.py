@@ -1,0 +1,187 @@
+"""Put-once objects on any fsspec filesystem.
+
+The whole storage contract rayqueue needs: create an object only if it does not
+exist yet (atomically, with its full content), read it, list names under a
+prefix, and delete. Transient failures are retried with backoff here, so callers
+see either success or one clear error.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+from rayqueue import defaults
+from rayqueue.errors import ObjectExists, StorageUnavailable
+
+T = TypeVar("T")
+
+_TEMP_MARK = ".tmp-"
+
+
+def _lost_race(error: BaseException) -> bool:
+    """Did a create-only write fail because the object already exists?
+
+    AWS says FileExistsError; SeaweedFS's 412 reaches s3fs as OSError(EINVAL).
+    """
+    if isinstance(error, FileExistsError):
+        return True
+    text = str(error)
+    if "PreconditionFailed" in text or "412" in text:
+        return True
+    return isinstance(error, OSError) and error.errno == errno.EINVAL
+
+
+def _permanent(error: BaseException) -> bool:
+    # Retrying cannot fix these: the object is missing, or we may not touch it.
+    return isinstance(error, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError))
+
+
+class ObjectStore:
+    """Objects under one root URL. Safe to use from several threads."""
+
+    def __init__(
+        self,
+        url: str,
+        options: dict[str, Any] | None = None,
+        *,
+        retry_s: float = defaults.STORAGE_RETRY_S,
+    ) -> None:
+        self.url = url.rstrip("/")
+        self.options = dict(options or {})
+        self.fs, root = fsspec.core.url_to_fs(self.url, **self.options)
+        self.root = root.rstrip("/")
+        self._retry_s = retry_s
+        self._local = isinstance(self.fs, LocalFileSystem)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (ObjectStore, (self.url, self.options), {"_retry_s": self._retry_s})
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self._retry_s = state["_retry_s"]
+
+    def child(self, prefix: str) -> ObjectStore:
+        """A store rooted at ``prefix`` under this one (same filesystem, same options)."""
+        store = ObjectStore.__new__(ObjectStore)
+        store.__dict__.update(self.__dict__)
+        store.url = f"{self.url}/{prefix.strip('/')}"
+        store.root = f"{self.root}/{prefix.strip('/')}"
+        return store
+
+    def _path(self, name: str) -> str:
+        return f"{self.root}/{name}"
+
+    def put_once(self, name: str, data: bytes) -> None:
+        """Create ``name`` holding ``data``; raise ObjectExists if it exists already.
+
+        Returns only once the object is durable; readers never see a partial object.
+        """
+        path = self._path(name)
+        self._retrying("put", path, lambda: self._create(path, data))
+
+    def _create(self, path: str, data: bytes) -> None:
+        try:
+            if self._local:
+                _create_local(path, data)
+            else:
+                self.fs.pipe_file(path, data, mode="create")
+        except Exception as error:
+            if _lost_race(error):
+                raise ObjectExists(path) from None
+            raise
+
+    def get(self, name: str) -> bytes:
+        path = self._path(name)
+        return self._retrying("get", path, lambda: self.fs.cat_file(path))
+
+    def list(self, prefix: str) -> list[str]:
+        """Names under ``prefix`` (relative to the root), sorted; empty if there are none."""
+        path = self._path(prefix).rstrip("/")
+
+        def listing() -> list[str]:
+            try:
+                found = self.fs.find(path)
+            except FileNotFoundError:
+                return []
+            start = len(self.root) + 1
+            return sorted(p[start:] for p in found if _TEMP_MARK not in p.rsplit("/", 1)[-1])
+
+        return self._retrying("list", path, listing)
+
+    def size(self, name: str) -> int:
+        path = self._path(name)
+        return int(self._retrying("stat", path, lambda: self.fs.size(path)))
+
+    def delete(self, names: list[str]) -> None:
+        """Delete these objects; names that are already gone are ignored."""
+        if not names:
+            return
+        paths = [self._path(name) for name in names]
+
+        def remove() -> None:
+            for path in paths:
+                try:
+                    self.fs.rm_file(path)
+                except FileNotFoundError:
+                    pass
+
+        self._retrying("delete", paths[0], remove)
+
+    def delete_prefix(self, prefix: str) -> None:
+        """Delete everything under ``prefix``, temporary files included."""
+        path = self._path(prefix).rstrip("/")
+
+        def remove() -> None:
+            try:
+                self.fs.rm(path, recursive=True)
+            except FileNotFoundError:
+                pass
+
+        self._retrying("delete", path, remove)
+
+    def _retrying(self, operation: str, path: str, call: Callable[[], T]) -> T:
+        deadline = time.monotonic() + self._retry_s
+        delay = defaults.STORAGE_RETRY_FIRST_DELAY_S
+        while True:
+            try:
+                return call()
+            except ObjectExists:
+                raise
+            except Exception as error:
+                if _permanent(error) or time.monotonic() + delay > deadline:
+                    if isinstance(error, FileNotFoundError):
+                        raise
+                    raise StorageUnavailable(operation, path, f"{type(error).__name__}: {error}") from None
+                time.sleep(delay)
+                delay = min(delay * 2, 1.0)
+
+
+def _create_local(path: str, data: bytes) -> None:
+    """Exclusive, atomic, durable create on a local disk.
+
+    Write a temporary file and fsync it, then hard-link it into place: link()
+    fails if the name exists, and the name appears only with the full content.
+    """
+    directory = os.path.dirname(path)
+    os.makedirs(directory, exist_ok=True)
+    temp = f"{path}{_TEMP_MARK}{uuid.uuid4().hex}"
+    with open(temp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    try:
+        os.link(temp, path)
+    finally:
+        os.unlink(temp)
+    descriptor = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
