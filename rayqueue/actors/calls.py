@@ -63,17 +63,15 @@ def _timeout(call: Call) -> float:
 
 def run(target: Target, plan: Plan[T]) -> T:
     """Run a plan with blocking calls."""
-    step = next(plan)
-    while True:
+    outcome = _send(plan, None)
+    while not isinstance(outcome, _Done):
         try:
-            result = _execute(target, step)
+            result = _execute(target, outcome)
         except RayQueueError as error:
             outcome = _throw(plan, error)
         else:
             outcome = _send(plan, result)
-        if isinstance(outcome, _Done):
-            return outcome.value
-        step = outcome
+    return outcome.value
 
 
 def _execute(target: Target, step: Step) -> Any:
@@ -144,17 +142,15 @@ def call_coordinator(coordinator: Any, method: str, *args: Any) -> Any:
 
 async def run_async(target: Target, plan: Plan[T]) -> T:
     """Run a plan without blocking the event loop."""
-    step = next(plan)
-    while True:
+    outcome = _send(plan, None)
+    while not isinstance(outcome, _Done):
         try:
-            result = await _execute_async(target, step)
+            result = await _execute_async(target, outcome)
         except RayQueueError as error:
             outcome = _throw(plan, error)
         else:
             outcome = _send(plan, result)
-        if isinstance(outcome, _Done):
-            return outcome.value
-        step = outcome
+    return outcome.value
 
 
 async def _execute_async(target: Target, step: Step) -> Any:
