@@ -1,0 +1,48 @@
+"""The jobs under jobs/ run as a user runs them: as scripts, in their own process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_job(script: str, *args: str, storage: Path) -> subprocess.CompletedProcess[str]:
+    # RAY_ADDRESS=local: the job starts its own Ray, never joins the test's.
+    env = {**os.environ, "RAY_ADDRESS": "local", "RAYQUEUE_STORAGE": f"file://{storage}"}
+    return subprocess.run(
+        [sys.executable, str(ROOT / "jobs" / script), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+
+
+@pytest.mark.integration
+def test_demo_job_moves_every_message(tmp_path):
+    result = run_job("demo.py", "--messages", "3000", "--batch", "200", "--json", storage=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    summary = json.loads([line for line in result.stdout.splitlines() if line.startswith("{")][-1])
+    assert summary["messages_sent"] == summary["messages_processed"] == 3000
+    assert summary["missing"] == 0
+    assert "OK: every message sent was processed" in result.stdout
+
+
+@pytest.mark.integration
+def test_benchmark_job_compares_with_ray_util_queue(tmp_path):
+    out = tmp_path / "bench.json"
+    result = run_job(
+        "bench.py", "--runs", "1", "--rounds", "2", "--single", "20", "--json", str(out), storage=tmp_path
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = json.loads(out.read_text())
+    assert {row["scenario"] for row in rows} == {"batched x1000", "one at a time"}
+    assert all(row["rayqueue_msg_s"] > 0 and row["ray_queue_msg_s"] > 0 for row in rows)
+    assert "ratio" in result.stdout
