@@ -24,16 +24,14 @@ class QueueRecord:
     config: QueueConfig
     #: Tells apart two queues that had the same name at different times.
     uid: str
-    #: Leadership epoch of the queue's partitions; storage writes carry it.
-    epoch: int = 1
     created_at: float = field(default_factory=time.time)
 
     def to_json(self) -> dict[str, Any]:
-        return {"config": self.config.model_dump(), "uid": self.uid, "epoch": self.epoch, "created_at": self.created_at}
+        return {"config": self.config.model_dump(), "uid": self.uid, "created_at": self.created_at}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> QueueRecord:
-        return cls(QueueConfig(**data["config"]), data["uid"], data["epoch"], data["created_at"])
+        return cls(QueueConfig(**data["config"]), data["uid"], data["created_at"])
 
 
 @dataclass(frozen=True)

@@ -58,5 +58,9 @@ STORAGE_RETRY_FIRST_DELAY_S = 0.05
 #: raises PartitionUnavailable (a Ray actor restart takes about 0.65 s here).
 PARTITION_RETRY_S = 30.0
 
+#: A partition checkpoints after this many delete logs and emptied segments,
+#: which bounds what its recovery reads.
+CHECKPOINT_EVERY = 64
+
 #: Catalog versions kept on storage besides the newest (older ones are removed).
 CATALOG_VERSIONS_KEPT = 3

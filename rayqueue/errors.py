@@ -137,6 +137,18 @@ class ObjectExists(RayQueueError):
         super().__init__(f"{path!r} already exists: another writer created it first", path=path)
 
 
+class PartitionFenced(RayQueueError):
+    """A newer leader took over this partition; this one may no longer acknowledge writes.
+
+    What raised it was not acknowledged; retrying reaches the new leader.
+    """
+
+    def __init__(self, partition: str, epoch: int) -> None:
+        super().__init__(
+            f"partition {partition!r}: a leader newer than epoch {epoch} took over", partition=partition, epoch=epoch
+        )
+
+
 class PartitionUnavailable(RayQueueError):
     """A partition did not answer within the bounded retry time."""
 
@@ -154,6 +166,7 @@ __all__ = [
     "InvalidReceipt",
     "MessageTooLarge",
     "ObjectExists",
+    "PartitionFenced",
     "PartitionUnavailable",
     "QueueAlreadyExists",
     "QueueFull",

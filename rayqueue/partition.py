@@ -13,6 +13,7 @@ so that the event loop keeps serving receives while a write is in flight.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 
@@ -27,6 +28,9 @@ from rayqueue.group_commit import GroupCommit
 from rayqueue.log import DeleteTicket, PartitionLog
 from rayqueue.message import PartitionStats
 from rayqueue.storage import PartitionStore
+from rayqueue.storage.partition_store import Checkpoint
+
+log = logging.getLogger(__name__)
 
 #: Body bytes one group commit writes at most (one segment object).
 MAX_SEGMENT_BYTES = 64 * 1024 * 1024
@@ -38,14 +42,14 @@ class PartitionService:
         config: QueueConfig,
         partition: int,
         store: PartitionStore,
-        epoch: int,
         clock: Callable[[], float] = time.time,
+        checkpoint_every: int = defaults.CHECKPOINT_EVERY,
     ) -> None:
         self.config = config
         self.partition = partition
         self._store = store
-        self._epoch = epoch
         self._clock = clock
+        self._checkpoint_every = checkpoint_every
         self._log = PartitionLog(
             partition,
             quota=config.partition_quota(partition),
@@ -57,16 +61,28 @@ class PartitionService:
         )
         self._deletes: GroupCommit[DeleteTicket] = GroupCommit(self._flush_deletes)
         self._next_delete_seq = 0
+        # First offset / delete sequence of a write in flight: a checkpoint must not claim them.
+        self._writing_offset: int | None = None
+        self._writing_delete_seq: int | None = None
+        self._since_checkpoint = 0
+        self._checkpointing: asyncio.Task[None] | None = None
         self._pending_ids: dict[str, asyncio.Future[None]] = {}
         self._changed = asyncio.Event()
         self.objects_recovered = 0
 
     def recover(self) -> None:
-        """Load everything this partition has on storage. Blocking; call before serving."""
-        recovered = self._store.load()
+        """Take over the partition under a new epoch and load what it has on storage.
+
+        Blocking; call before serving.
+        """
+        recovered = self._store.take_over()
         self._log.load(recovered.segments, recovered.deleted_offsets, recovered.next_offset, self._clock())
         self._next_delete_seq = recovered.next_delete_seq
         self.objects_recovered = recovered.objects_read
+
+    @property
+    def epoch(self) -> int:
+        return self._store.epoch
 
     # -------------------------------------------------------------------- sends
 
@@ -121,12 +137,15 @@ class PartitionService:
     async def _flush_sends(self, groups: list[pa.Table]) -> None:
         rows = pa.concat_tables(groups)
         segment = self._log.stamp(rows, self._clock())
+        self._writing_offset = segment.column(0)[0].as_py()
         try:
-            await asyncio.to_thread(self._store.write_segment, segment, self._epoch)
+            name = await asyncio.to_thread(self._store.write_segment, segment)
         except BaseException:
             self._log.release(rows.num_rows)
             raise
-        self._log.publish(segment)
+        finally:
+            self._writing_offset = None
+        self._log.publish(segment, name)
         self._notify()
 
     # ----------------------------------------------------------------- receives
@@ -177,17 +196,50 @@ class PartitionService:
 
     async def _flush_deletes(self, tickets: list[DeleteTicket]) -> None:
         offsets = np.concatenate([ticket.offsets for ticket in tickets])
-        seq = self._next_delete_seq
+        seq = self._writing_delete_seq = self._next_delete_seq
         self._next_delete_seq += 1
         try:
-            await asyncio.to_thread(self._store.write_deletes, offsets, seq, self._epoch)
+            await asyncio.to_thread(self._store.write_deletes, offsets, seq)
         except BaseException:
             for ticket in tickets:
                 self._log.abort_delete(ticket)
             self._notify()
             raise
+        finally:
+            self._writing_delete_seq = None
         for ticket in tickets:
             self._log.commit_delete(ticket)
+        self._since_checkpoint += 1
+        self._maybe_checkpoint()
+
+    # -------------------------------------------------------------- checkpoints
+
+    def _maybe_checkpoint(self) -> None:
+        due = self._since_checkpoint + self._log.dropped_segments >= self._checkpoint_every
+        if due and (self._checkpointing is None or self._checkpointing.done()):
+            self._checkpointing = asyncio.ensure_future(self.checkpoint())
+
+    async def checkpoint(self) -> None:
+        """Fold delete logs and drop dead segments on storage. Failures are logged and
+        retried at the next opportunity: the partition keeps serving either way."""
+        # Taken without awaiting, so the snapshot is consistent; what is being
+        # written right now is left to the next checkpoint.
+        segments, deleted = self._log.live_segments()
+        checkpoint = Checkpoint(
+            seq=self._next_delete_seq if self._writing_delete_seq is None else self._writing_delete_seq,
+            epoch=self.epoch,
+            next_offset=self._log.next_offset if self._writing_offset is None else self._writing_offset,
+            segments=segments,
+            deleted=deleted,
+        )
+        since, dropped = self._since_checkpoint, self._log.dropped_segments
+        try:
+            await asyncio.to_thread(self._store.write_checkpoint, checkpoint)
+        except Exception:
+            log.exception("checkpoint of %s partition %d failed; will retry", self.config.name, self.partition)
+            return
+        self._since_checkpoint -= since
+        self._log.dropped_segments -= dropped
 
     def change_visibility(self, offset: int, token: int, receipt: str, timeout_s: float) -> None:
         self._log.change_visibility(offset, token, receipt, timeout_s, self._clock())

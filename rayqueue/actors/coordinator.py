@@ -33,7 +33,7 @@ class RayLauncher:
                 get_if_exists=True,
                 max_restarts=-1,
                 num_cpus=0,
-            ).remote(record.config, partition, self._storage, self._storage_options, record.epoch)
+            ).remote(record.config, partition, self._storage, self._storage_options)
             for partition, name in enumerate(self._names(record))
         ]
         ray.get([handle.ready.remote() for handle in handles])

@@ -18,10 +18,10 @@ class PartitionActor:
     """Recovers its partition from storage when it starts, and again when Ray restarts it."""
 
     def __init__(
-        self, config: QueueConfig, partition: int, storage: str, storage_options: dict[str, Any], epoch: int
+        self, config: QueueConfig, partition: int, storage: str, storage_options: dict[str, Any]
     ) -> None:
         store = PartitionStore(ObjectStore(storage, storage_options), config.name, partition)
-        self._service = PartitionService(config, partition, store, epoch)
+        self._service = PartitionService(config, partition, store)
         self._service.recover()
 
     def ready(self) -> int:

@@ -41,6 +41,8 @@ class Chunk:
     """The messages of one segment and their delivery state."""
 
     batch: pa.RecordBatch
+    #: Name of the stored segment these rows came from.
+    segment: str
     first: int
     sent_at: np.ndarray  # float64 seconds, non-decreasing
     sizes: np.ndarray  # int64 body bytes
@@ -67,11 +69,11 @@ class Chunk:
         return self.first + self.batch.num_rows
 
     @classmethod
-    def from_segment(cls, batch: pa.RecordBatch) -> Chunk:
+    def from_segment(cls, batch: pa.RecordBatch, segment: str) -> Chunk:
         first = batch.column(0)[0].as_py()
         sent = batch.column("sent_at").cast(pa.int64()).to_numpy() / _MICROS
         sizes = pc.binary_length(batch.column("body")).to_numpy().astype(np.int64)
-        return cls(batch=batch, first=first, sent_at=sent, sizes=sizes)
+        return cls(batch=batch, segment=segment, first=first, sent_at=sent, sizes=sizes)
 
 
 @dataclass
@@ -117,16 +119,18 @@ class PartitionLog:
         self._dedup: dict[str, float] = {}
         self._dedup_order: deque[tuple[float, str]] = deque()
         self._rng = np.random.default_rng(seed)
+        #: Chunks dropped because every message in them is gone (their segments are garbage).
+        self.dropped_segments = 0
 
     # ----------------------------------------------------------------- recovery
 
-    def load(self, segments: list[pa.Table], deleted: np.ndarray, next_offset: int, now: float) -> None:
-        """Rebuild from storage: every message not deleted becomes visible again."""
-        for table in segments:
+    def load(self, segments: list[tuple[str, pa.Table]], deleted: np.ndarray, next_offset: int, now: float) -> None:
+        """Rebuild from stored ``(name, segment)`` pairs: every message not deleted becomes visible again."""
+        for name, table in segments:
             for batch in table.combine_chunks().to_batches():
                 if batch.num_rows == 0:
                     continue
-                chunk = Chunk.from_segment(batch)
+                chunk = Chunk.from_segment(batch, name)
                 rows = deleted[(deleted >= chunk.first) & (deleted < chunk.end)] - chunk.first
                 chunk.deleted[rows] = True
                 chunk.live = int(chunk.batch.num_rows - chunk.deleted.sum())
@@ -196,11 +200,11 @@ class PartitionLog:
         columns.append(pa.array(np.full(count, micros, np.int64)).cast(SEGMENT_SCHEMA.field("sent_at").type))
         return pa.RecordBatch.from_arrays(columns, schema=SEGMENT_SCHEMA)
 
-    def publish(self, segment: pa.RecordBatch) -> None:
+    def publish(self, segment: pa.RecordBatch, name: str) -> None:
         """Make a stored segment's messages receivable; consumes its reservation."""
         self._reserved -= segment.num_rows
         self._fresh += segment.num_rows
-        self._add_chunk(Chunk.from_segment(segment))
+        self._add_chunk(Chunk.from_segment(segment, name))
 
     # ----------------------------------------------------------------- receives
 
@@ -324,6 +328,17 @@ class PartitionLog:
         del self._chunks[index]
         del self._firsts[index]
         self._cursor = max(self._cursor, chunk.end)
+        self.dropped_segments += 1
+
+    def live_segments(self) -> tuple[tuple[str, ...], tuple[tuple[int, int], ...]]:
+        """For a checkpoint: the segments holding live messages, and the deleted
+        offsets within them as ``[start, stop)`` ranges."""
+        ranges: list[tuple[int, int]] = []
+        for chunk in self._chunks:
+            flags = np.concatenate(([False], chunk.deleted, [False])).astype(np.int8)
+            edges = np.flatnonzero(np.diff(flags))
+            ranges += [(chunk.first + int(a), chunk.first + int(b)) for a, b in zip(edges[::2], edges[1::2])]
+        return tuple(chunk.segment for chunk in self._chunks), tuple(ranges)
 
     # --------------------------------------------------------------- visibility
 

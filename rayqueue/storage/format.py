@@ -55,8 +55,9 @@ def deletes_name(seq: int, epoch: int) -> str:
 
 
 def parse_object_name(name: str) -> tuple[int, int]:
-    """``segments/00..42-00..1.arrow`` -> ``(42, 1)``; raise ValueError if it is not ours."""
-    stem = name.rsplit("/", 1)[-1].removesuffix(".arrow")
+    """``segments/00..42-00..1.arrow`` -> ``(42, 1)`` (segments, delete logs, checkpoints);
+    raise ValueError if it is not ours."""
+    stem = name.rsplit("/", 1)[-1].split(".", 1)[0]
     first, epoch = stem.split("-")
     return int(first), int(epoch)
 
@@ -128,3 +129,42 @@ def decode_catalog(data: bytes, path: str) -> tuple[int, dict[str, Any]]:
         return int(document["version"]), dict(document["queues"])
     except (ValueError, KeyError, TypeError) as error:
         raise StorageCorrupt(path, f"not a catalog document ({error})") from None
+
+
+# ------------------------------------------------------ leadership and checkpoints
+
+
+def claim_name(epoch: int) -> str:
+    """Created (put-once) by the leader that takes ``epoch``; its existence fences older epochs."""
+    return f"epochs/{epoch:010d}.claim"
+
+
+def fence_name(epoch: int) -> str:
+    return f"epochs/{epoch:010d}.fence.json"
+
+
+def parse_epoch_name(name: str) -> tuple[int, str]:
+    """``epochs/0000000003.claim`` -> ``(3, "claim")``; ``(3, "fence")`` for a fence."""
+    stem = name.rsplit("/", 1)[-1]
+    number, _, kind = stem.partition(".")
+    return int(number), ("fence" if kind.startswith("fence") else kind)
+
+
+def checkpoint_name(seq: int, epoch: int) -> str:
+    return f"checkpoints/{seq:020d}-{epoch:010d}.json"
+
+
+def encode_json(kind: str, body: dict[str, Any]) -> bytes:
+    return json.dumps({"format": FORMAT_VERSION, "kind": kind, **body}, sort_keys=True).encode()
+
+
+def decode_json(data: bytes, path: str, kind: str) -> dict[str, Any]:
+    try:
+        document = json.loads(data)
+    except ValueError as error:
+        raise StorageCorrupt(path, f"not JSON ({error})") from None
+    if not isinstance(document, dict) or document.get("kind") != kind:
+        raise StorageCorrupt(path, f"expected a {kind} document")
+    if document.get("format", 0) > FORMAT_VERSION:
+        raise StorageCorrupt(path, f"format {document['format']} is newer than this rayqueue ({FORMAT_VERSION})")
+    return document

@@ -1,30 +1,114 @@
-"""One partition's objects: its segments of messages and its delete logs."""
+"""One partition's objects: leadership epochs, segments, delete logs, checkpoints.
+
+Leadership and fencing, with nothing but put-once objects:
+
+- A leader *takes over* a partition by claiming the next epoch (creating
+  ``epochs/<e>.claim``, which only one writer can do), then reading what is on
+  storage, then recording a *fence*: the first offset, delete sequence and
+  checkpoint that are its own from now on.
+- Every object a leader writes carries its epoch in its name, so two leaders
+  never overwrite each other. After each write, and before acknowledging it, a
+  leader checks that no newer epoch has been claimed; if one has, it is stale:
+  it raises ``PartitionFenced`` and acknowledges nothing.
+- Recovery ignores what older epochs wrote past a newer epoch's fence: such
+  writes came after the takeover and were never acknowledged.
+
+Because a takeover claims before it reads, whatever an old leader acknowledged
+(it checked for a claim after writing) was written before the claim, and the
+new leader sees it.
+
+Checkpoints fold the delete logs and name the segments still holding live
+messages; once one is stored (and the writer is still the leader), the delete
+logs and dead segments it covers are removed, so recovery reads a bounded
+number of objects however long the partition has run.
+"""
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
-from rayqueue.errors import StorageCorrupt
+from rayqueue.errors import ObjectExists, PartitionFenced, StorageCorrupt
 from rayqueue.storage import format
 from rayqueue.storage.objects import ObjectStore
 
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class Fence:
+    """What a leader of ``epoch`` found when it took over."""
+
+    epoch: int
+    next_offset: int
+    next_delete_seq: int
+    #: ``(seq, epoch)`` of the checkpoint it recovered from, if any.
+    checkpoint: tuple[int, int] | None
+
+    def excludes(self, number: int, epoch: int, floor: int) -> bool:
+        """Did an older leader write this object after this fence was set?"""
+        return epoch < self.epoch and number >= floor
+
+    def excludes_segment(self, first_offset: int, epoch: int) -> bool:
+        return self.excludes(first_offset, epoch, self.next_offset)
+
+    def excludes_deletes(self, seq: int, epoch: int) -> bool:
+        return self.excludes(seq, epoch, self.next_delete_seq)
+
+    def excludes_checkpoint(self, seq: int, epoch: int) -> bool:
+        return epoch < self.epoch and (self.checkpoint is None or (seq, epoch) > self.checkpoint)
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A partition's state folded into one object.
+
+    Delete logs numbered below ``seq`` are folded in; segments starting below
+    ``next_offset`` that are not listed hold no live message.
+    """
+
+    seq: int
+    epoch: int
+    next_offset: int
+    segments: tuple[str, ...]
+    #: Deleted offsets within the listed segments, as ``[start, stop)`` ranges.
+    deleted: tuple[tuple[int, int], ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "seq": self.seq,
+            "epoch": self.epoch,
+            "next_offset": self.next_offset,
+            "segments": list(self.segments),
+            "deleted": [list(r) for r in self.deleted],
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Checkpoint:
+        return cls(
+            seq=int(data["seq"]),
+            epoch=int(data["epoch"]),
+            next_offset=int(data["next_offset"]),
+            segments=tuple(data["segments"]),
+            deleted=tuple((int(a), int(b)) for a, b in data["deleted"]),
+        )
+
+
 @dataclass
 class RecoveredPartition:
-    """Everything on storage for one partition, in offset order."""
+    """What a takeover found on storage, in offset order."""
 
-    segments: list[pa.Table] = field(default_factory=list)
+    segments: list[tuple[str, pa.Table]] = field(default_factory=list)
     deleted_offsets: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
-    #: First offset no segment has used: new segments start here.
+    #: First offset no stored segment has used: new segments start here.
     next_offset: int = 0
     #: First delete-log sequence number not used yet.
     next_delete_seq: int = 0
+    checkpoint: tuple[int, int] | None = None
     objects_read: int = 0
 
 
@@ -37,49 +121,161 @@ class PartitionStore:
 
     def __init__(self, store: ObjectStore, queue: str, partition: int) -> None:
         self._store = store.child(partition_prefix(queue, partition))
+        self.epoch = 0
 
-    def write_segment(self, batch: pa.RecordBatch, epoch: int) -> str:
-        """Store a segment whose first offset is ``batch['offset'][0]``; durable on return."""
-        name = format.segment_name(batch.column(0)[0].as_py(), epoch)
-        self._store.put_once(name, format.encode_segment(batch, epoch))
-        return name
+    # ---------------------------------------------------------------- takeover
 
-    def write_deletes(self, offsets: np.ndarray, seq: int, epoch: int) -> str:
-        """Store one delete log; durable on return."""
-        name = format.deletes_name(seq, epoch)
-        self._store.put_once(name, format.encode_deletes(offsets, epoch))
-        return name
+    def take_over(self) -> RecoveredPartition:
+        """Become the partition's leader under a new epoch; return what is stored."""
+        self.epoch = self._claim()
+        recovered = self._load()
+        fence = {
+            "epoch": self.epoch,
+            "next_offset": recovered.next_offset,
+            "next_delete_seq": recovered.next_delete_seq,
+            "checkpoint": list(recovered.checkpoint) if recovered.checkpoint else None,
+        }
+        self._store.put_once(format.fence_name(self.epoch), format.encode_json("fence", fence))
+        self._check_leader()
+        return recovered
 
-    def load(self) -> RecoveredPartition:
-        """Read every readable segment and delete log.
-
-        An object that does not decode (a torn write on a filesystem without
-        atomic creates, or a foreign file) is skipped and logged, never loaded.
-        """
-        recovered = RecoveredPartition()
-        for name in self._store.list("segments/"):
+    def _claim(self) -> int:
+        claimed = [format.parse_epoch_name(name)[0] for name in self._store.list("epochs/")]
+        epoch = max(claimed, default=0) + 1
+        while True:
             try:
-                first, _epoch = format.parse_object_name(name)
-                table = format.decode_segment(self._store.get(name), name)
-            except (ValueError, StorageCorrupt) as error:
-                log.warning("skipping segment %s: %s", name, error)
+                self._store.put_once(format.claim_name(epoch), b"")
+                return epoch
+            except ObjectExists:
+                epoch += 1  # another leader claimed it first: take the next
+
+    def _check_leader(self) -> None:
+        """Raise PartitionFenced if a newer epoch has been claimed."""
+        try:
+            self._store.get(format.claim_name(self.epoch + 1))
+        except FileNotFoundError:
+            return
+        raise PartitionFenced(self._store.url, self.epoch)
+
+    def _fences(self) -> list[Fence]:
+        fences = []
+        for name in self._store.list("epochs/"):
+            epoch, kind = format.parse_epoch_name(name)
+            if kind != "fence" or epoch == self.epoch:
+                continue
+            data = format.decode_json(self._store.get(name), name, "fence")
+            checkpoint = tuple(data["checkpoint"]) if data["checkpoint"] else None
+            fences.append(Fence(epoch, data["next_offset"], data["next_delete_seq"], checkpoint))  # type: ignore[arg-type]
+        return fences
+
+    def _load(self) -> RecoveredPartition:
+        fences = self._fences()
+        recovered = RecoveredPartition()
+        recovered.next_offset = max((f.next_offset for f in fences), default=0)
+        recovered.next_delete_seq = max((f.next_delete_seq for f in fences), default=0)
+        checkpoint = self._newest_checkpoint(fences, recovered)
+        live = set(checkpoint.segments) if checkpoint else set()
+        floor = checkpoint.next_offset if checkpoint else 0
+        for name in self._store.list("segments/"):
+            first, epoch = _parse(name)
+            if first is None or any(f.excludes_segment(first, epoch) for f in fences):
+                continue
+            if first < floor and name not in live:
+                continue  # every message in it was deleted
+            table = self._read(name, format.decode_segment)
+            if table is None:
                 continue
             recovered.objects_read += 1
             if table.num_rows:
-                recovered.segments.append(table)
-                last = table.column("offset")[-1].as_py()
-                recovered.next_offset = max(recovered.next_offset, last + 1)
+                recovered.segments.append((name, table))
+                recovered.next_offset = max(recovered.next_offset, table.column("offset")[-1].as_py() + 1)
             recovered.next_offset = max(recovered.next_offset, first)
-        deleted = []
+        deleted = [_expand(checkpoint.deleted)] if checkpoint else []
         for name in self._store.list("deletes/"):
-            try:
-                seq, _epoch = format.parse_object_name(name)
-                deleted.append(format.decode_deletes(self._store.get(name), name))
-            except (ValueError, StorageCorrupt) as error:
-                log.warning("skipping delete log %s: %s", name, error)
+            seq, epoch = _parse(name)
+            if seq is None or any(f.excludes_deletes(seq, epoch) for f in fences):
                 continue
-            recovered.objects_read += 1
             recovered.next_delete_seq = max(recovered.next_delete_seq, seq + 1)
+            if checkpoint and seq < checkpoint.seq:
+                continue  # folded into the checkpoint
+            offsets = self._read(name, format.decode_deletes)
+            if offsets is not None:
+                recovered.objects_read += 1
+                deleted.append(offsets)
         if deleted:
             recovered.deleted_offsets = np.unique(np.concatenate(deleted))
         return recovered
+
+    def _newest_checkpoint(self, fences: list[Fence], recovered: RecoveredPartition) -> Checkpoint | None:
+        for name in reversed(self._store.list("checkpoints/")):
+            seq, epoch = _parse(name)
+            if seq is None or any(f.excludes_checkpoint(seq, epoch) for f in fences):
+                continue
+            try:
+                checkpoint = Checkpoint.from_json(format.decode_json(self._store.get(name), name, "checkpoint"))
+            except (StorageCorrupt, KeyError, TypeError, ValueError, FileNotFoundError) as error:
+                log.warning("skipping checkpoint %s: %s", name, error)
+                continue
+            recovered.objects_read += 1
+            recovered.checkpoint = (seq, epoch)
+            recovered.next_offset = max(recovered.next_offset, checkpoint.next_offset)
+            recovered.next_delete_seq = max(recovered.next_delete_seq, checkpoint.seq)
+            return checkpoint
+        return None
+
+    def _read(self, name: str, decode: Any) -> Any:
+        """Decode an object, or None if it is unreadable: a torn write or a foreign file
+        is skipped and logged, never loaded. (Put-once writes are atomic on every
+        backend rayqueue writes to; this guards against anything else.)"""
+        try:
+            return decode(self._store.get(name), name)
+        except (StorageCorrupt, FileNotFoundError) as error:
+            log.warning("skipping %s: %s", name, error)
+            return None
+
+    # ------------------------------------------------------------------ writes
+
+    def write_segment(self, batch: pa.RecordBatch) -> str:
+        """Store a segment whose first offset is ``batch['offset'][0]``.
+
+        Durable on return, and this leader was still the leader after writing it.
+        """
+        name = format.segment_name(batch.column(0)[0].as_py(), self.epoch)
+        self._store.put_once(name, format.encode_segment(batch, self.epoch))
+        self._check_leader()
+        return name
+
+    def write_deletes(self, offsets: np.ndarray, seq: int) -> None:
+        """Store one delete log; durable on return, and still the leader."""
+        self._store.put_once(format.deletes_name(seq, self.epoch), format.encode_deletes(offsets, self.epoch))
+        self._check_leader()
+
+    def write_checkpoint(self, checkpoint: Checkpoint) -> int:
+        """Store a checkpoint, then remove what it makes unnecessary. Returns objects removed."""
+        name = format.checkpoint_name(checkpoint.seq, self.epoch)
+        self._store.put_once(name, format.encode_json("checkpoint", checkpoint.to_json()))
+        self._check_leader()  # a stale leader must not remove anything
+        live = set(checkpoint.segments)
+        garbage = [
+            n
+            for n in self._store.list("segments/")
+            if n not in live and (_parse(n)[0] or 0) < checkpoint.next_offset
+        ]
+        garbage += [n for n in self._store.list("deletes/") if (_parse(n)[0] or 0) < checkpoint.seq]
+        garbage += [n for n in self._store.list("checkpoints/") if n < name]
+        self._store.delete(garbage)
+        return len(garbage)
+
+
+def _parse(name: str) -> tuple[int | None, int]:
+    try:
+        return format.parse_object_name(name)
+    except ValueError:
+        log.warning("ignoring foreign object %s", name)
+        return None, 0
+
+
+def _expand(ranges: tuple[tuple[int, int], ...]) -> np.ndarray:
+    if not ranges:
+        return np.empty(0, np.int64)
+    return np.concatenate([np.arange(start, stop, dtype=np.int64) for start, stop in ranges])
