@@ -10,11 +10,15 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from rayqueue.config import QueueConfig
-from rayqueue.errors import QueueAlreadyExists, QueueNotFound
+from rayqueue.errors import ObjectExists, QueueAlreadyExists, QueueNotFound, RayQueueError
 from rayqueue.storage import CatalogStore, ObjectStore
+
+#: Times a catalog change is re-applied after losing a race to another writer.
+CATALOG_ATTEMPTS = 5
 
 
 @dataclass(frozen=True)
@@ -56,8 +60,9 @@ class Coordinator:
         self._store = store
         self._catalog = CatalogStore(store)
         self._launcher = launcher
-        self._version, raw = self._catalog.load()
-        self._queues = {name: QueueRecord.from_json(data) for name, data in raw.items()}
+        self._version = 0
+        self._queues: dict[str, QueueRecord] = {}
+        self._load()
         self._routes: dict[str, Route] = {}
 
     @property
@@ -66,16 +71,19 @@ class Coordinator:
 
     def create_queue(self, config: QueueConfig) -> Route:
         """Create the queue, or return it if it exists with the same settings."""
-        existing = self._queues.get(config.name)
-        if existing is not None:
+
+        def add(queues: dict[str, QueueRecord]) -> dict[str, QueueRecord] | None:
+            existing = queues.get(config.name)
+            if existing is None:
+                # Objects left by an earlier queue of this name whose deletion was cut short.
+                self._store.delete_prefix(_queue_prefix(config.name))
+                return {**queues, config.name: QueueRecord(config, uid=uuid.uuid4().hex[:12])}
             differences = existing.config.differences(config)
             if differences:
                 raise QueueAlreadyExists(config.name, differences)
-            return self.route(config.name)
-        # Objects left by an earlier queue of this name whose deletion was cut short.
-        self._store.delete_prefix(_queue_prefix(config.name))
-        record = QueueRecord(config, uid=uuid.uuid4().hex[:12])
-        self._commit({**self._queues, config.name: record})
+            return None
+
+        self._change(add)
         return self.route(config.name)
 
     def route(self, name: str) -> Route:
@@ -93,19 +101,42 @@ class Coordinator:
 
     def delete_queue(self, name: str) -> None:
         """Forget the queue, stop its partitions and remove its objects from storage."""
-        record = self._queues.get(name)
-        if record is None:
-            raise QueueNotFound(name)
-        self._commit({key: value for key, value in self._queues.items() if key != name})
+        removed: list[QueueRecord] = []
+
+        def remove(queues: dict[str, QueueRecord]) -> dict[str, QueueRecord]:
+            if name not in queues:
+                raise QueueNotFound(name)
+            removed[:] = [queues[name]]
+            return {key: value for key, value in queues.items() if key != name}
+
+        self._change(remove)
         self._routes.pop(name, None)
-        self._launcher.stop(record)
+        self._launcher.stop(removed[0])
         self._store.delete_prefix(_queue_prefix(name))
 
-    def _commit(self, queues: dict[str, QueueRecord]) -> None:
-        # Persist, then publish: the new catalog is on storage before anyone sees it.
-        version = self._version + 1
-        self._catalog.save(version, {name: record.to_json() for name, record in queues.items()})
-        self._version, self._queues = version, queues
+    def _change(self, change: Callable[[dict[str, QueueRecord]], dict[str, QueueRecord] | None]) -> None:
+        """Apply ``change`` to the catalog (None: nothing to change), persist, then publish.
+
+        If another coordinator committed the same version first, reload and apply
+        the change again to what it wrote.
+        """
+        for _ in range(CATALOG_ATTEMPTS):
+            queues = change(self._queues)
+            if queues is None:
+                return
+            version = self._version + 1
+            try:
+                self._catalog.save(version, {name: record.to_json() for name, record in queues.items()})
+            except ObjectExists:
+                self._load()
+                continue
+            self._version, self._queues = version, queues
+            return
+        raise RayQueueError(f"the catalog kept changing under this coordinator ({CATALOG_ATTEMPTS} attempts)")
+
+    def _load(self) -> None:
+        self._version, raw = self._catalog.load()
+        self._queues = {name: QueueRecord.from_json(data) for name, data in raw.items()}
 
 
 def _queue_prefix(name: str) -> str:

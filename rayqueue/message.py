@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from rayqueue.errors import InvalidReceipt
+
+_RECEIPT = re.compile(r"([0-9]{1,5})\.([0-9]{1,19})\.([0-9a-f]{1,16})", re.ASCII)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,12 +64,11 @@ def decode_receipt(receipt: object) -> tuple[int, int, int]:
     """``(partition, offset, token)``; raise InvalidReceipt if it is malformed."""
     if not isinstance(receipt, str):
         raise InvalidReceipt(repr(receipt), "a receipt is a str")
-    try:
-        partition, offset, token = receipt.split(".")
-        values = int(partition), int(offset), int(token, 16)
-    except ValueError:
-        raise InvalidReceipt(receipt, "malformed") from None
-    # Offsets are int64 and tokens are drawn from [1, 2**62).
-    if min(values) < 0 or values[1] >= 1 << 63 or not 0 < values[2] < 1 << 62:
+    match = _RECEIPT.fullmatch(receipt)
+    if match is None:
         raise InvalidReceipt(receipt, "malformed")
-    return values
+    partition, offset, token = int(match[1]), int(match[2]), int(match[3], 16)
+    # Offsets are int64 and tokens are drawn from [1, 2**62).
+    if offset >= 1 << 63 or not 0 < token < 1 << 62:
+        raise InvalidReceipt(receipt, "malformed")
+    return partition, offset, token

@@ -27,6 +27,7 @@ from rayqueue.errors import MessageTooLarge
 from rayqueue.group_commit import GroupCommit
 from rayqueue.log import DeleteTicket, PartitionLog
 from rayqueue.message import PartitionStats
+from rayqueue.metrics import NoMetrics, PartitionMetrics
 from rayqueue.storage import PartitionStore
 from rayqueue.storage.partition_store import Checkpoint
 
@@ -34,6 +35,8 @@ log = logging.getLogger(__name__)
 
 #: Body bytes one group commit writes at most (one segment object).
 MAX_SEGMENT_BYTES = 64 * 1024 * 1024
+#: Gauges of visible and in-flight messages are refreshed at most this often.
+STATE_REPORT_INTERVAL_S = 1.0
 
 
 class PartitionService:
@@ -44,20 +47,24 @@ class PartitionService:
         store: PartitionStore,
         clock: Callable[[], float] = time.time,
         checkpoint_every: int = defaults.CHECKPOINT_EVERY,
+        metrics: PartitionMetrics | None = None,
     ) -> None:
         self.config = config
         self.partition = partition
         self._store = store
         self._clock = clock
         self._checkpoint_every = checkpoint_every
+        self._metrics = metrics or NoMetrics()
+        self._state_reported_at = 0.0
         self._log = PartitionLog(
             partition,
             quota=config.partition_quota(partition),
             retention_s=config.retention_s,
             dedup_window_s=defaults.DEDUP_WINDOW_S,
         )
-        self._sends: GroupCommit[pa.Table] = GroupCommit(
-            self._flush_sends, weight=lambda rows: rows.nbytes, max_weight=MAX_SEGMENT_BYTES
+        # Items are (rows, whether their ids are explicit).
+        self._sends: GroupCommit[tuple[pa.Table, bool]] = GroupCommit(
+            self._flush_sends, weight=lambda item: item[0].nbytes, max_weight=MAX_SEGMENT_BYTES
         )
         self._deletes: GroupCommit[DeleteTicket] = GroupCommit(self._flush_deletes)
         self._next_delete_seq = 0
@@ -98,8 +105,8 @@ class PartitionService:
         if dedup:
             rows, fresh_ids, earlier = self._drop_duplicates(rows)
         if rows.num_rows:
-            self._log.reserve(self.config.name, rows.num_rows)
-            stored = asyncio.ensure_future(self._sends.submit(rows))
+            self._log.reserve(self.config.name, rows.num_rows, self._clock())
+            stored = asyncio.ensure_future(self._sends.submit((rows, dedup)))
             for message_id in fresh_ids:
                 self._pending_ids[message_id] = stored
             try:
@@ -134,18 +141,22 @@ class PartitionService:
                 batch_ids.add(message_id)
         return rows.filter(pa.array(keep, pa.bool_())), fresh, earlier
 
-    async def _flush_sends(self, groups: list[pa.Table]) -> None:
-        rows = pa.concat_tables(groups)
-        segment = self._log.stamp(rows, self._clock())
-        self._writing_offset = segment.column(0)[0].as_py()
+    async def _flush_sends(self, items: list[tuple[pa.Table, bool]]) -> None:
+        count = sum(rows.num_rows for rows, _ in items)
+        started = time.perf_counter()
         try:
+            segment = self._log.stamp(pa.concat_tables([rows for rows, _ in items]), self._clock())
+            self._writing_offset = segment.column(0)[0].as_py()
             name = await asyncio.to_thread(self._store.write_segment, segment)
         except BaseException:
-            self._log.release(rows.num_rows)
+            self._log.release(count)
             raise
         finally:
             self._writing_offset = None
-        self._log.publish(segment, name)
+        self._metrics.storage_write(time.perf_counter() - started)
+        self._log.publish(segment, name, explicit_ids=any(dedup for _, dedup in items))
+        self._metrics.sent(count, pc.sum(pc.binary_length(segment.column("body"))).as_py())
+        self._report_state()
         self._notify()
 
     # ----------------------------------------------------------------- receives
@@ -159,6 +170,10 @@ class PartitionService:
             delivery = self._log.receive(max_messages, self._clock(), visibility)
             remaining = give_up - loop.time()
             if delivery.num_rows or remaining <= 0:
+                if delivery.num_rows:
+                    redelivered = pc.sum(pc.greater(delivery.column("receive_count"), 1)).as_py() or 0
+                    self._metrics.received(delivery.num_rows, redelivered)
+                    self._report_state()
                 return delivery
             await self._wait_for_change(remaining)
 
@@ -198,6 +213,7 @@ class PartitionService:
         offsets = np.concatenate([ticket.offsets for ticket in tickets])
         seq = self._writing_delete_seq = self._next_delete_seq
         self._next_delete_seq += 1
+        started = time.perf_counter()
         try:
             await asyncio.to_thread(self._store.write_deletes, offsets, seq)
         except BaseException:
@@ -207,8 +223,11 @@ class PartitionService:
             raise
         finally:
             self._writing_delete_seq = None
+        self._metrics.storage_write(time.perf_counter() - started)
         for ticket in tickets:
             self._log.commit_delete(ticket)
+        self._metrics.deleted(len(offsets))
+        self._report_state()
         self._since_checkpoint += 1
         self._maybe_checkpoint()
 
@@ -224,7 +243,7 @@ class PartitionService:
         retried at the next opportunity: the partition keeps serving either way."""
         # Taken without awaiting, so the snapshot is consistent; what is being
         # written right now is left to the next checkpoint.
-        segments, deleted = self._log.live_segments()
+        segments, deleted = self._log.live_segments(self._clock())
         checkpoint = Checkpoint(
             seq=self._next_delete_seq if self._writing_delete_seq is None else self._writing_delete_seq,
             epoch=self.epoch,
@@ -249,5 +268,13 @@ class PartitionService:
 
     def stats(self) -> PartitionStats:
         stats = self._log.stats(self._clock())
+        self._metrics.state(stats.visible, stats.in_flight, stats.stored_bytes)
         return PartitionStats(self.partition, stats.visible, stats.in_flight, stats.stored_bytes)
+
+    def _report_state(self) -> None:
+        # Counting in-flight messages scans the log: at most once a second.
+        now = time.monotonic()
+        if now - self._state_reported_at >= STATE_REPORT_INTERVAL_S:
+            self._state_reported_at = now
+            self.stats()
 

@@ -82,7 +82,7 @@ def send_rows(
     data = [as_bytes(body, index) for index, body in enumerate(bodies)]
     sizes = [len(body) for body in data]
     limit = config.max_message_bytes
-    largest = max(sizes)
+    largest = max(sizes, default=0)
     if largest > limit:
         raise MessageTooLarge(config.name, largest, limit, sizes.index(largest))
     total = sum(sizes)

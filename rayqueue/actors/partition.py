@@ -8,6 +8,7 @@ import numpy as np
 import pyarrow as pa
 import ray
 
+from rayqueue.actors.metrics import RayPartitionMetrics
 from rayqueue.config import QueueConfig
 from rayqueue.message import PartitionStats
 from rayqueue.partition import PartitionService
@@ -21,7 +22,7 @@ class PartitionActor:
         self, config: QueueConfig, partition: int, storage: str, storage_options: dict[str, Any]
     ) -> None:
         store = PartitionStore(ObjectStore(storage, storage_options), config.name, partition)
-        self._service = PartitionService(config, partition, store)
+        self._service = PartitionService(config, partition, store, metrics=RayPartitionMetrics(config.name, partition))
         self._service.recover()
 
     def ready(self) -> int:

@@ -55,6 +55,9 @@ class Chunk:
     deadline: float = math.inf
     #: Rows at the head already dropped for age.
     expired: int = 0
+    #: Until when its segment must stay on storage, emptied or not, because it
+    #: holds explicit message ids that a restarted partition must still recognise.
+    dedup_until: float = 0.0
 
     def __post_init__(self) -> None:
         rows = self.batch.num_rows
@@ -121,6 +124,8 @@ class PartitionLog:
         self._rng = np.random.default_rng(seed)
         #: Chunks dropped because every message in them is gone (their segments are garbage).
         self.dropped_segments = 0
+        #: Emptied segments kept for the dedup window: (name, first, end, until), oldest first.
+        self._retained: deque[tuple[str, int, int, float]] = deque()
 
     # ----------------------------------------------------------------- recovery
 
@@ -138,6 +143,9 @@ class PartitionLog:
                 self._remember(batch.column("id").to_pylist(), float(chunk.sent_at[-1]), now)
                 if chunk.live:
                     self._add_chunk(chunk)
+                elif chunk.sent_at[-1] + self.dedup_window_s > now:
+                    chunk.dedup_until = float(chunk.sent_at[-1]) + self.dedup_window_s
+                    self._retain(chunk)
         self.next_offset = max(self.next_offset, next_offset)
         self._cursor = self._firsts[0] if self._firsts else self.next_offset
         self._fresh = self._live
@@ -151,8 +159,9 @@ class PartitionLog:
 
     # -------------------------------------------------------------------- sends
 
-    def reserve(self, queue: str, count: int) -> None:
+    def reserve(self, queue: str, count: int, now: float) -> None:
         """Hold room for ``count`` messages about to be stored, or raise QueueFull."""
+        self._expire(now)  # messages past retention leave room
         if self._live + self._reserved + count > self.quota:
             raise QueueFull(queue, self.quota, self._live + self._reserved, count)
         self._reserved += count
@@ -200,11 +209,18 @@ class PartitionLog:
         columns.append(pa.array(np.full(count, micros, np.int64)).cast(SEGMENT_SCHEMA.field("sent_at").type))
         return pa.RecordBatch.from_arrays(columns, schema=SEGMENT_SCHEMA)
 
-    def publish(self, segment: pa.RecordBatch, name: str) -> None:
-        """Make a stored segment's messages receivable; consumes its reservation."""
+    def publish(self, segment: pa.RecordBatch, name: str, explicit_ids: bool = False) -> None:
+        """Make a stored segment's messages receivable; consumes its reservation.
+
+        ``explicit_ids``: the segment holds ids given by producers, which the
+        dedup window must remember even across a restart.
+        """
         self._reserved -= segment.num_rows
         self._fresh += segment.num_rows
-        self._add_chunk(Chunk.from_segment(segment, name))
+        chunk = Chunk.from_segment(segment, name)
+        if explicit_ids:
+            chunk.dedup_until = float(chunk.sent_at[-1]) + self.dedup_window_s
+        self._add_chunk(chunk)
 
     # ----------------------------------------------------------------- receives
 
@@ -248,26 +264,37 @@ class PartitionLog:
 
     def _take_redeliveries(self, wanted: int, now: float, pieces: list[tuple[Chunk, np.ndarray]]) -> int:
         taken = 0
-        for chunk in self._chunks:
-            if chunk.first >= self._cursor:
-                break
-            if chunk.deadline > now or taken >= wanted:
-                continue
-            delivered = self._delivered_rows(chunk)
-            due = np.flatnonzero((chunk.visible_at[:delivered] <= now) & ~chunk.deleted[:delivered])
+        for chunk, due in self._due_rows(now):
             rows = due[: wanted - taken]
             if len(rows):
                 pieces.append((chunk, rows))
                 taken += len(rows)
-            rest = np.setdiff1d(due, rows, assume_unique=True)
-            waiting = chunk.visible_at[:delivered][~chunk.deleted[:delivered]]
-            waiting = waiting[waiting > now]
-            chunk.deadline = min(
-                float(waiting.min()) if len(waiting) else math.inf,
-                now if len(rest) else math.inf,
-            )
-        self._next_deadline = min((chunk.deadline for chunk in self._chunks), default=math.inf)
+            if taken >= wanted:
+                break
         return taken
+
+    def _due_rows(self, now: float) -> list[tuple[Chunk, np.ndarray]]:
+        """Delivered rows whose visibility timeout has run out, chunk by chunk.
+
+        Refreshes the deadlines of the chunks it scans (and the partition's), so
+        that a stale, too-early deadline costs one scan, not a busy loop.
+        """
+        found = []
+        for chunk in self._chunks:
+            if chunk.first >= self._cursor:
+                break
+            if chunk.deadline > now:
+                continue
+            delivered = self._delivered_rows(chunk)
+            alive = ~chunk.deleted[:delivered]
+            visible_at = chunk.visible_at[:delivered]
+            due = np.flatnonzero(alive & (visible_at <= now))
+            later = visible_at[alive & (visible_at > now)]
+            # Rows handed out from ``due`` get a new deadline, which receive() records.
+            chunk.deadline = now if len(due) else (float(later.min()) if len(later) else math.inf)
+            found.append((chunk, due))
+        self._next_deadline = min((chunk.deadline for chunk in self._chunks), default=math.inf)
+        return found
 
     def _delivered_rows(self, chunk: Chunk) -> int:
         return min(max(self._cursor - chunk.first, 0), chunk.batch.num_rows)
@@ -280,6 +307,9 @@ class PartitionLog:
         A receipt of a message already deleted is accepted: deleting twice is harmless.
         """
         rows_by_chunk: list[tuple[Chunk, np.ndarray, np.ndarray]] = []
+        # A receipt repeated in one batch must delete its message once, not twice.
+        offsets, unique = np.unique(offsets, return_index=True)
+        tokens, receipts = tokens[unique], [receipts[i] for i in unique] if receipts else receipts
         if np.any(offsets >= self.next_offset):
             bad = int(np.flatnonzero(offsets >= self.next_offset)[0])
             raise InvalidReceipt(receipts[bad], "no such message was ever sent")
@@ -314,7 +344,7 @@ class PartitionLog:
             chunk.live -= len(rows)
             self._live -= len(rows)
             self._bytes -= int(chunk.sizes[rows].sum())
-            if chunk.live == 0:
+            if len(rows) and chunk.live == 0:
                 self._drop(chunk)
 
     def abort_delete(self, ticket: DeleteTicket) -> None:
@@ -322,6 +352,10 @@ class PartitionLog:
         for chunk, rows, prior in ticket.rows:
             pending = ~chunk.deleted[rows]
             chunk.visible_at[rows[pending]] = prior[pending]
+            if pending.any():
+                # Their timeouts may have run out meanwhile: let receives look again.
+                chunk.deadline = min(chunk.deadline, float(prior[pending].min()))
+                self._next_deadline = min(self._next_deadline, chunk.deadline)
 
     def _drop(self, chunk: Chunk) -> None:
         index = self._chunks.index(chunk)
@@ -329,16 +363,26 @@ class PartitionLog:
         del self._firsts[index]
         self._cursor = max(self._cursor, chunk.end)
         self.dropped_segments += 1
+        if chunk.dedup_until:
+            self._retain(chunk)
 
-    def live_segments(self) -> tuple[tuple[str, ...], tuple[tuple[int, int], ...]]:
-        """For a checkpoint: the segments holding live messages, and the deleted
-        offsets within them as ``[start, stop)`` ranges."""
-        ranges: list[tuple[int, int]] = []
+    def _retain(self, chunk: Chunk) -> None:
+        self._retained.append((chunk.segment, chunk.first, chunk.end, chunk.dedup_until))
+
+    def live_segments(self, now: float) -> tuple[tuple[str, ...], tuple[tuple[int, int], ...]]:
+        """For a checkpoint: the segments to keep (those holding live messages, and
+        emptied ones still inside the dedup window), and the deleted offsets within
+        them as ``[start, stop)`` ranges."""
+        while self._retained and self._retained[0][3] <= now:
+            self._retained.popleft()
+        names = [name for name, *_ in self._retained]
+        ranges = [(first, end) for _, first, end, _ in self._retained]
         for chunk in self._chunks:
             flags = np.concatenate(([False], chunk.deleted, [False])).astype(np.int8)
             edges = np.flatnonzero(np.diff(flags))
             ranges += [(chunk.first + int(a), chunk.first + int(b)) for a, b in zip(edges[::2], edges[1::2])]
-        return tuple(chunk.segment for chunk in self._chunks), tuple(ranges)
+            names.append(chunk.segment)
+        return tuple(names), tuple(ranges)
 
     # --------------------------------------------------------------- visibility
 
@@ -368,7 +412,9 @@ class PartitionLog:
         self._expire(now)
         if self._fresh:
             return True
-        return self._next_deadline <= now and self.stats(now).visible > 0
+        if self._next_deadline > now:
+            return False
+        return any(len(due) for _chunk, due in self._due_rows(now))
 
     def next_deadline(self) -> float:
         """The earliest time an in-flight message may become visible again."""

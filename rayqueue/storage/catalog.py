@@ -24,14 +24,18 @@ class CatalogStore:
         self._store = store
 
     def load(self) -> tuple[int, dict[str, Any]]:
-        """The newest version and its queues; ``(0, {})`` on empty storage."""
-        for name in reversed(self._store.list("catalog/")):
+        """The highest version number on storage, and the queues of the newest readable
+        version; ``(0, {})`` on empty storage. The next save must use a higher number
+        than any present, readable or not."""
+        names = self._store.list("catalog/")
+        highest = max((v for v in map(_version_of, names) if v is not None), default=0)
+        for name in reversed(names):
             try:
-                return format.decode_catalog(self._store.get(name), name)
+                return highest, format.decode_catalog(self._store.get(name), name)[1]
             except StorageCorrupt as error:
                 # Versions are created whole, so this is foreign or damaged: skip it.
                 log.warning("skipping unreadable catalog version: %s", error)
-        return 0, {}
+        return highest, {}
 
     def save(self, version: int, queues: dict[str, Any]) -> None:
         """Create ``version``; raise ObjectExists if another writer created it first."""

@@ -89,7 +89,10 @@ def decode_table(data: bytes, path: str, kind: str, schema: pa.Schema) -> pa.Tab
     tags = table.schema.metadata or {}
     if tags.get(_KIND_KEY) != kind.encode():
         raise StorageCorrupt(path, f"expected a {kind} object, found {tags.get(_KIND_KEY)!r}")
-    version = int(tags.get(_VERSION_KEY, b"0"))
+    try:
+        version = int(tags.get(_VERSION_KEY, b"0"))
+    except ValueError:
+        raise StorageCorrupt(path, f"malformed format tag {tags.get(_VERSION_KEY)!r}") from None
     if version > FORMAT_VERSION:
         raise StorageCorrupt(path, f"format {version} is newer than this rayqueue ({FORMAT_VERSION})")
     table = table.replace_schema_metadata(None)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 import ray
@@ -14,13 +15,13 @@ import rayqueue
 pytestmark = pytest.mark.integration
 
 
-def start_ray(namespace: str) -> None:
+def start_ray(namespace: str, **options: Any) -> None:
     # address="local" never joins a cluster someone else started on this machine.
-    ray.init(address="local", num_cpus=2, include_dashboard=False, namespace=namespace, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, namespace=namespace, log_to_driver=False, **options)
 
 
 @pytest.fixture
-def ray_starter() -> Callable[[str], None]:
+def ray_starter() -> Callable[..., None]:
     """For tests that start and stop Ray themselves."""
     return start_ray
 

@@ -1,0 +1,222 @@
+"""Coordinator: the catalog of queues, persisted before it is published. No Ray: a fake launcher."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from rayqueue.config import QueueConfig
+from rayqueue.coordinator import Coordinator, QueueRecord
+from rayqueue.errors import QueueAlreadyExists, QueueNotFound, StorageUnavailable
+from rayqueue.storage import ObjectStore, format
+from rayqueue.storage.partition_store import partition_prefix
+
+
+class FakeLauncher:
+    """Stands in for Ray: "starts" partitions as strings and remembers what it was asked."""
+
+    def __init__(self) -> None:
+        self.started: list[QueueRecord] = []
+        self.stopped: list[QueueRecord] = []
+
+    def start(self, record: QueueRecord) -> list[Any]:
+        self.started.append(record)
+        return [f"{record.config.name}/{record.uid}/{p}" for p in range(record.config.partitions)]
+
+    def stop(self, record: QueueRecord) -> None:
+        self.stopped.append(record)
+
+
+def config(name: str = "orders", **overrides: Any) -> QueueConfig:
+    return QueueConfig.build(name=name, **{"max_messages": 100, "max_message_bytes": 1024, **overrides})
+
+
+def coordinator(url: str, launcher: FakeLauncher | None = None) -> Coordinator:
+    return Coordinator(ObjectStore(url, retry_s=0.2), launcher or FakeLauncher())
+
+
+def write_partition_object(url: str, queue: str, partition: int = 0) -> None:
+    ObjectStore(url).put_once(f"{partition_prefix(queue, partition)}/segments/x.arrow", b"data")
+
+
+# ------------------------------------------------------------------ create
+
+
+def test_create_returns_a_route_with_one_partition_handle_each(storage_url):
+    launcher = FakeLauncher()
+
+    route = coordinator(storage_url, launcher).create_queue(config(partitions=3))
+
+    assert route.config == config(partitions=3)
+    assert len(route.partitions) == 3
+    assert [r.config.name for r in launcher.started] == ["orders"]
+
+
+def test_create_with_same_settings_returns_the_same_route(storage_url):
+    launcher = FakeLauncher()
+    coord = coordinator(storage_url, launcher)
+    first = coord.create_queue(config())
+
+    second = coord.create_queue(config())
+
+    assert second == first
+    assert len(launcher.started) == 1
+
+
+def test_create_with_other_settings_names_the_differing_field(storage_url):
+    coord = coordinator(storage_url)
+    coord.create_queue(config(partitions=2))
+
+    with pytest.raises(QueueAlreadyExists) as caught:
+        coord.create_queue(config(partitions=4))
+
+    assert caught.value.differences == {"partitions": (2, 4)}
+    assert "partitions" in str(caught.value)
+    assert coord.route("orders").config.partitions == 2
+
+
+def test_create_clears_objects_left_by_an_earlier_queue_of_that_name(storage_url):
+    write_partition_object(storage_url, "orders")
+
+    coordinator(storage_url).create_queue(config())
+
+    assert ObjectStore(storage_url).list("queues/") == []
+
+
+def test_create_is_persisted_before_it_is_published(storage_url, monkeypatch):
+    objects = ObjectStore(storage_url, retry_s=0.2)
+    coord = Coordinator(objects, FakeLauncher())
+
+    def failing_put(name: str, data: bytes) -> None:
+        raise StorageUnavailable("put", name, "injected failure")
+
+    monkeypatch.setattr(objects, "put_once", failing_put)
+    with pytest.raises(StorageUnavailable):
+        coord.create_queue(config())
+    monkeypatch.undo()
+
+    assert coord.list_queues() == []
+    with pytest.raises(QueueNotFound):
+        coord.route("orders")
+
+
+# ------------------------------------------------------------ list, route
+
+
+def test_list_queues_is_sorted(storage_url):
+    coord = coordinator(storage_url)
+    for name in ["payments", "audit", "orders"]:
+        coord.create_queue(config(name))
+
+    assert coord.list_queues() == ["audit", "orders", "payments"]
+
+
+def test_unknown_queue_raises_queue_not_found(storage_url):
+    coord = coordinator(storage_url)
+
+    with pytest.raises(QueueNotFound) as caught:
+        coord.route("missing")
+    assert caught.value.name == "missing"
+    with pytest.raises(QueueNotFound):
+        coord.delete_queue("missing")
+
+
+# ------------------------------------------------------------------ delete
+
+
+def test_delete_removes_the_queue_and_its_objects(storage_url):
+    launcher = FakeLauncher()
+    coord = coordinator(storage_url, launcher)
+    coord.create_queue(config(partitions=2))
+    for partition in (0, 1):
+        write_partition_object(storage_url, "orders", partition)
+
+    coord.delete_queue("orders")
+
+    assert ObjectStore(storage_url).list("queues/orders/") == []
+    assert coord.list_queues() == []
+    assert [r.config.name for r in launcher.stopped] == ["orders"]
+    assert coordinator(storage_url).list_queues() == []
+
+
+def test_delete_keeps_other_queues_and_their_objects(storage_url):
+    coord = coordinator(storage_url)
+    coord.create_queue(config("orders"))
+    coord.create_queue(config("orders2"))
+    write_partition_object(storage_url, "orders")
+    write_partition_object(storage_url, "orders2")
+
+    coord.delete_queue("orders")
+
+    assert ObjectStore(storage_url).list("queues/") == ["queues/orders2/0/segments/x.arrow"]
+    assert coordinator(storage_url).list_queues() == ["orders2"]
+
+
+def test_deleted_queue_can_be_created_again_as_a_new_queue(storage_url):
+    coord = coordinator(storage_url)
+    old = coord.create_queue(config())
+    coord.delete_queue("orders")
+
+    new = coord.create_queue(config(partitions=2))
+
+    assert new.uid != old.uid
+    assert new.config.partitions == 2
+
+
+# ---------------------------------------------------------------- recovery
+
+
+def test_new_coordinator_recovers_every_queue_with_equal_configs(storage_url):
+    configs = [config("orders", partitions=3), config("audit", visibility_timeout_s=5, retention_s=120)]
+    first = coordinator(storage_url)
+    routes = {c.name: first.create_queue(c) for c in configs}
+
+    launcher = FakeLauncher()
+    second = coordinator(storage_url, launcher)
+
+    assert second.list_queues() == ["audit", "orders"]
+    for c in configs:
+        route = second.route(c.name)
+        assert route.config == c
+        assert route.uid == routes[c.name].uid
+    assert sorted(r.config.name for r in launcher.started) == ["audit", "orders"]
+
+
+def test_recovered_coordinator_treats_same_settings_as_the_same_queue(storage_url):
+    coordinator(storage_url).create_queue(config(partitions=2))
+
+    second = coordinator(storage_url)
+
+    assert second.create_queue(config(partitions=2)).config.partitions == 2
+    with pytest.raises(QueueAlreadyExists):
+        second.create_queue(config(partitions=3))
+
+
+def test_recovered_coordinator_keeps_committing_new_versions(storage_url):
+    coordinator(storage_url).create_queue(config("a"))
+    second = coordinator(storage_url)
+
+    second.create_queue(config("b"))
+
+    assert coordinator(storage_url).list_queues() == ["a", "b"]
+
+
+def test_coordinator_can_still_change_the_catalog_after_a_damaged_version(storage_url):
+    coordinator(storage_url).create_queue(config("a"))
+    ObjectStore(storage_url).put_once(format.catalog_name(2), b"{ damaged")
+    second = coordinator(storage_url)
+    assert second.list_queues() == ["a"]
+
+    second.create_queue(config("b"))
+
+    assert coordinator(storage_url).list_queues() == ["a", "b"]
+
+
+def test_partition_objects_survive_a_coordinator_restart(storage_url):
+    coordinator(storage_url).create_queue(config())
+    write_partition_object(storage_url, "orders")
+
+    coordinator(storage_url).route("orders")
+
+    assert ObjectStore(storage_url).list("queues/") == ["queues/orders/0/segments/x.arrow"]
