@@ -36,12 +36,6 @@ class CountingStore(ObjectStore):
         super().__init__(*args, **kwargs)
         self.requests: Counter[str] = Counter()
 
-    def child(self, prefix: str) -> ObjectStore:
-        store = super().child(prefix)
-        store.requests = self.requests  # type: ignore[attr-defined]
-        store.__class__ = CountingStore
-        return store
-
     def put_once(self, name: str, data: bytes) -> None:
         self.requests["put"] += 1
         super().put_once(name, data)
@@ -53,6 +47,10 @@ class CountingStore(ObjectStore):
     def list(self, prefix: str) -> list[str]:
         self.requests["list"] += 1
         return super().list(prefix)
+
+    def exists(self, name: str) -> bool:
+        self.requests["head"] += 1
+        return super().exists(name)
 
     def delete(self, names: list[str]) -> None:
         self.requests["delete"] += len(names)

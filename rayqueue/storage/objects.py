@@ -8,7 +8,6 @@ see either success or one clear error.
 
 from __future__ import annotations
 
-import errno
 import os
 import time
 import uuid
@@ -29,14 +28,21 @@ _TEMP_MARK = ".tmp-"
 def _lost_race(error: BaseException) -> bool:
     """Did a create-only write fail because the object already exists?
 
-    AWS says FileExistsError; SeaweedFS's 412 reaches s3fs as OSError(EINVAL).
+    AWS says FileExistsError. SeaweedFS's 412 names no condition, so s3fs makes it
+    OSError(EINVAL) like any other refused request; only the botocore error it
+    wraps tells them apart. (Matching text is no good: "412" is in ports and offsets.)
     """
-    if isinstance(error, FileExistsError):
-        return True
-    text = str(error)
-    if "PreconditionFailed" in text or "412" in text:
-        return True
-    return isinstance(error, OSError) and error.errno == errno.EINVAL
+    cause: BaseException | None = error
+    while cause is not None:
+        if isinstance(cause, FileExistsError):
+            return True
+        response = getattr(cause, "response", None)
+        if isinstance(response, dict):
+            code = response.get("Error", {}).get("Code")
+            status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            return code == "PreconditionFailed" or status == 412
+        cause = cause.__cause__
+    return False
 
 
 def _permanent(error: BaseException) -> bool:
@@ -55,7 +61,9 @@ class ObjectStore:
         retry_s: float = defaults.STORAGE_RETRY_S,
     ) -> None:
         self.url = url.rstrip("/")
-        self.options = dict(options or {})
+        # Other processes create and delete under the same root: a cached listing would
+        # hide their objects (s3fs even answers size() from one). Caching stays opt-in.
+        self.options = {"use_listings_cache": False, **(options or {})}
         self.fs, root = fsspec.core.url_to_fs(self.url, **self.options)
         self.root = root.rstrip("/")
         self._retry_s = retry_s
@@ -69,7 +77,7 @@ class ObjectStore:
 
     def child(self, prefix: str) -> ObjectStore:
         """A store rooted at ``prefix`` under this one (same filesystem, same options)."""
-        store = ObjectStore.__new__(ObjectStore)
+        store = type(self).__new__(type(self))
         store.__dict__.update(self.__dict__)
         store.url = f"{self.url}/{prefix.strip('/')}"
         store.root = f"{self.root}/{prefix.strip('/')}"
@@ -84,7 +92,25 @@ class ObjectStore:
         Returns only once the object is durable; readers never see a partial object.
         """
         path = self._path(name)
-        self._retrying("put", path, lambda: self._create(path, data))
+        attempts = 0
+
+        def create() -> None:
+            nonlocal attempts
+            attempts += 1
+            try:
+                self._create(path, data)
+            except ObjectExists:
+                # A retry may find the object that its own lost-response attempt
+                # created: the same bytes mean this writer won.
+                if attempts > 1 and self.fs.cat_file(path) == data:
+                    return
+                raise
+
+        self._retrying("put", path, create)
+
+    def exists(self, name: str) -> bool:
+        path = self._path(name)
+        return bool(self._retrying("stat", path, lambda: self.fs.exists(path)))
 
     def _create(self, path: str, data: bytes) -> None:
         try:
@@ -107,11 +133,17 @@ class ObjectStore:
 
         def listing() -> list[str]:
             try:
-                found = self.fs.find(path)
+                found = self.fs.find(path, detail=True)
             except FileNotFoundError:
                 return []
             start = len(self.root) + 1
-            return sorted(p[start:] for p in found if _TEMP_MARK not in p.rsplit("/", 1)[-1])
+            # S3 has no directories, but s3fs reports a prefix as one, and SeaweedFS
+            # keeps a prefix listable after its last object is deleted: objects only.
+            return sorted(
+                p[start:]
+                for p, info in found.items()
+                if info.get("type") != "directory" and _TEMP_MARK not in p.rsplit("/", 1)[-1]
+            )
 
         return self._retrying("list", path, listing)
 
@@ -136,6 +168,9 @@ class ObjectStore:
 
     def delete_prefix(self, prefix: str) -> None:
         """Delete everything under ``prefix``, temporary files included."""
+        if not prefix.strip("/"):
+            # On s3fs a recursive delete of the root would remove the bucket itself.
+            raise ValueError("delete_prefix needs a non-empty prefix")
         path = self._path(prefix).rstrip("/")
 
         def remove() -> None:

@@ -26,6 +26,7 @@ number of objects however long the partition has run.
 from __future__ import annotations
 
 import logging
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -142,20 +143,20 @@ class PartitionStore:
     def _claim(self) -> int:
         claimed = [format.parse_epoch_name(name)[0] for name in self._store.list("epochs/")]
         epoch = max(claimed, default=0) + 1
+        # A token of its own makes each claim's bytes unique, so a retried create can
+        # tell its own claim (response lost) from another leader's.
+        token = uuid.uuid4().hex.encode()
         while True:
             try:
-                self._store.put_once(format.claim_name(epoch), b"")
+                self._store.put_once(format.claim_name(epoch), token)
                 return epoch
             except ObjectExists:
                 epoch += 1  # another leader claimed it first: take the next
 
     def _check_leader(self) -> None:
         """Raise PartitionFenced if a newer epoch has been claimed."""
-        try:
-            self._store.get(format.claim_name(self.epoch + 1))
-        except FileNotFoundError:
-            return
-        raise PartitionFenced(self._store.url, self.epoch)
+        if self._store.exists(format.claim_name(self.epoch + 1)):
+            raise PartitionFenced(self._store.url, self.epoch)
 
     def _fences(self) -> list[Fence]:
         fences = []
