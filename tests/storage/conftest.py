@@ -1,7 +1,6 @@
 """One storage contract, three backends: ``memory://``, ``file://`` and a real ``s3://``.
 
-The S3 server is SeaweedFS (``weed mini``), started once for the session the
-first time an s3 test asks for it, and stopped at the end. Every test gets its
+The S3 server is the session's SeaweedFS (see tests/conftest.py). Every test gets its
 own empty root: a fresh memory root, its own tmp_path, or a fresh prefix in the
 session bucket.
 """
@@ -20,12 +19,6 @@ from support.seaweed import SeaweedServer
 
 #: Retry budget of every store under test: long enough for a slow first PUT, short enough to fail fast.
 RETRY_S = 3.0
-
-
-@pytest.fixture(scope="session")
-def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedServer]:
-    with SeaweedServer(tmp_path_factory.mktemp("seaweed")) as server:
-        yield server
 
 
 @pytest.fixture(params=["memory", "file", "s3"])
