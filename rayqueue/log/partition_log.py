@@ -307,9 +307,14 @@ class PartitionLog:
         A receipt of a message already deleted is accepted: deleting twice is harmless.
         """
         rows_by_chunk: list[tuple[Chunk, np.ndarray, np.ndarray]] = []
-        # A receipt repeated in one batch must delete its message once, not twice.
-        offsets, unique = np.unique(offsets, return_index=True)
-        tokens, receipts = tokens[unique], [receipts[i] for i in unique] if receipts else receipts
+        # A receipt repeated in one batch must delete its message once, not twice;
+        # two different receipts of one message are both checked.
+        order = np.lexsort((tokens, offsets))
+        offsets, tokens = offsets[order], tokens[order]
+        first = np.ones(len(order), np.bool_)
+        first[1:] = (offsets[1:] != offsets[:-1]) | (tokens[1:] != tokens[:-1])
+        offsets, tokens = offsets[first], tokens[first]
+        receipts = [receipts[i] for i in order[first]] if receipts else receipts
         if np.any(offsets >= self.next_offset):
             bad = int(np.flatnonzero(offsets >= self.next_offset)[0])
             raise InvalidReceipt(receipts[bad], "no such message was ever sent")

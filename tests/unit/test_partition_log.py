@@ -286,6 +286,17 @@ def test_same_receipt_twice_in_one_batch_deletes_only_that_message():
     assert bodies(receive(log, T0 + VISIBILITY)) == [b"b"]
 
 
+def test_forged_receipt_beside_the_valid_one_of_the_same_message_is_refused():
+    log = new_log()
+    send(log, [b"a"])
+    (a,) = receive(log, T0)
+
+    with pytest.raises(InvalidReceipt):
+        delete(log, [a, forged(a, token=a.token + 1)])
+
+    assert log.stats(T0) == LogStats(visible=0, in_flight=1, stored_bytes=1)
+
+
 def test_two_deletes_of_the_same_message_in_flight_both_commit():
     log = new_log()
     send(log, [b"a"])
