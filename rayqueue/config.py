@@ -6,7 +6,7 @@ import re
 from typing import Any, Literal
 
 import pydantic
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from rayqueue import defaults
 from rayqueue.errors import InvalidArgument
@@ -44,6 +44,8 @@ class QueueConfig(BaseModel):
     retention_s: float = Field(
         default=defaults.RETENTION_S, ge=defaults.MIN_RETENTION_S, le=defaults.MAX_RETENTION_S
     )
+    #: Replica actors per partition, on other nodes where the cluster has them.
+    replicas: int = Field(default=0, ge=0, le=defaults.MAX_REPLICAS)
     durability: Durability = "storage"
 
     @field_validator("name")
@@ -51,13 +53,12 @@ class QueueConfig(BaseModel):
     def _valid_name(cls, name: str) -> str:
         return check_queue_name(name)
 
-    @field_validator("durability")
-    @classmethod
-    def _supported_durability(cls, durability: str) -> str:
-        if durability == "replicas":
-            # Accepting it without replica actors would promise a copy that does not exist.
-            raise ValueError("'replicas' needs replica actors, which this version lacks; use 'storage'")
-        return durability
+    @model_validator(mode="after")
+    def _replicas_for_durability(self) -> QueueConfig:
+        if self.durability == "replicas" and self.replicas < 1:
+            # Acknowledging "on the replicas" with no replica would promise a copy that does not exist.
+            raise ValueError(f"durability 'replicas' needs replicas >= 1, not {self.replicas}")
+        return self
 
     @classmethod
     def build(cls, **settings: Any) -> QueueConfig:
@@ -82,10 +83,12 @@ def describe_validation_error(error: pydantic.ValidationError) -> str:
     """One line per bad field, quoting the value: ``max_messages (0): ...``."""
     parts = []
     for item in error.errors(include_url=False):
-        field = ".".join(str(part) for part in item["loc"]) or "settings"
+        field = ".".join(str(part) for part in item["loc"])
         message = item["msg"].removeprefix("Value error, ")
         if item["type"] == "missing":
             parts.append(f"{field} is required")
+        elif not item["loc"]:  # a rule across fields: its message names the values
+            parts.append(message)
         else:
             parts.append(f"{field} ({item.get('input')!r}): {message[0].lower()}{message[1:]}")
     return "; ".join(parts)

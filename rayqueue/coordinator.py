@@ -1,24 +1,50 @@
-"""The coordinator's logic: the catalog of queues, persisted before it is published.
+"""The coordinator's logic: the catalog of queues, persisted before it is published,
+and failover of partition leaders.
 
-No Ray here: starting and stopping partition actors goes through a
-``PartitionLauncher``, so the catalog rules run in unit tests with a fake one.
-Every method is idempotent, so a caller may retry any of them after a failure.
+No Ray here: starting, probing and promoting partition actors goes through a
+``PartitionLauncher``, so the catalog and failover rules run in unit tests with
+a fake one. Every method is idempotent, so a caller may retry any of them.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import time
 import uuid
-from dataclasses import dataclass, field
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from rayqueue.config import QueueConfig
 from rayqueue.errors import ObjectExists, QueueAlreadyExists, QueueNotFound, RayQueueError
 from rayqueue.storage import CatalogStore, ObjectStore
 
+log = logging.getLogger(__name__)
+
 #: Times a catalog change is re-applied after losing a race to another writer.
 CATALOG_ATTEMPTS = 5
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Which actors serve one partition, by name. Every actor ever started for a
+    partition has its own generation number, so names are never reused."""
+
+    leader: str
+    replicas: tuple[str, ...]
+    next_generation: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"leader": self.leader, "replicas": list(self.replicas), "next_generation": self.next_generation}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Placement:
+        return cls(data["leader"], tuple(data["replicas"]), data["next_generation"])
+
+
+def actor_name(queue: str, uid: str, partition: int, generation: int) -> str:
+    return f"rayqueue.{queue}.{uid}.{partition}.{generation}"
 
 
 @dataclass(frozen=True)
@@ -28,19 +54,41 @@ class QueueRecord:
     config: QueueConfig
     #: Tells apart two queues that had the same name at different times.
     uid: str
+    placements: tuple[Placement, ...] = ()
     created_at: float = field(default_factory=time.time)
 
+    @classmethod
+    def new(cls, config: QueueConfig) -> QueueRecord:
+        uid = uuid.uuid4().hex[:12]
+        names = [
+            [actor_name(config.name, uid, partition, generation) for generation in range(1 + config.replicas)]
+            for partition in range(config.partitions)
+        ]
+        placements = tuple(Placement(group[0], tuple(group[1:]), len(group)) for group in names)
+        return cls(config, uid, placements)
+
     def to_json(self) -> dict[str, Any]:
-        return {"config": self.config.model_dump(), "uid": self.uid, "created_at": self.created_at}
+        return {
+            "config": self.config.model_dump(),
+            "uid": self.uid,
+            "placements": [placement.to_json() for placement in self.placements],
+            "created_at": self.created_at,
+        }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> QueueRecord:
-        return cls(QueueConfig(**data["config"]), data["uid"], data["created_at"])
+        placements = tuple(Placement.from_json(p) for p in data["placements"])
+        return cls(QueueConfig(**data["config"]), data["uid"], placements, data["created_at"])
+
+    def with_placement(self, partition: int, placement: Placement) -> QueueRecord:
+        placements = list(self.placements)
+        placements[partition] = placement
+        return dataclasses.replace(self, placements=tuple(placements))
 
 
 @dataclass(frozen=True)
 class Route:
-    """How a handle reaches a queue: its settings and one actor handle per partition."""
+    """How a handle reaches a queue: its settings and one leader actor per partition."""
 
     config: QueueConfig
     uid: str
@@ -49,10 +97,22 @@ class Route:
 
 class PartitionLauncher(Protocol):
     def start(self, record: QueueRecord) -> list[Any]:
-        """Start (or find) every partition actor of the queue; return once all are ready."""
+        """Start (or find) every partition's leader and replicas; return the leaders once ready."""
+
+    def is_dead(self, name: str) -> bool:
+        """Has the actor of this name died for good (not merely restarting or slow)?"""
+
+    def promote(self, record: QueueRecord, partition: int, name: str) -> None:
+        """Make the replica ``name`` the partition's leader; return once it serves."""
+
+    def in_sync(self, leader: str) -> list[str]:
+        """Names of the replicas the leader ``leader`` still counts as in sync."""
+
+    def kill(self, name: str) -> None:
+        """Stop one actor for good (it may be dead already)."""
 
     def stop(self, record: QueueRecord) -> None:
-        """Stop every partition actor of the queue, for good."""
+        """Stop every actor of the queue, for good."""
 
 
 class Coordinator:
@@ -64,10 +124,14 @@ class Coordinator:
         self._queues: dict[str, QueueRecord] = {}
         self._load()
         self._routes: dict[str, Route] = {}
+        #: Time each failover took, from its start to the new leader serving (for reports).
+        self.failover_seconds: list[float] = []
 
     @property
     def storage_url(self) -> str:
         return self._store.url
+
+    # --------------------------------------------------------------- the catalog
 
     def create_queue(self, config: QueueConfig) -> Route:
         """Create the queue, or return it if it exists with the same settings."""
@@ -77,7 +141,7 @@ class Coordinator:
             if existing is None:
                 # Objects left by an earlier queue of this name whose deletion was cut short.
                 self._store.delete_prefix(_queue_prefix(config.name))
-                return {**queues, config.name: QueueRecord(config, uid=uuid.uuid4().hex[:12])}
+                return {**queues, config.name: QueueRecord.new(config)}
             differences = existing.config.differences(config)
             if differences:
                 raise QueueAlreadyExists(config.name, differences)
@@ -92,6 +156,12 @@ class Coordinator:
             raise QueueNotFound(name)
         route = self._routes.get(name)
         if route is None or route.uid != record.uid:
+            for partition, placement in enumerate(record.placements):
+                # A leader that died while nobody watched (say, with the coordinator):
+                # fail over now, so that a replica's unstored writes are not passed by.
+                if self._launcher.is_dead(placement.leader) and placement.replicas:
+                    self._fail_over(name, partition)
+            record = self._queues[name]
             route = Route(record.config, record.uid, tuple(self._launcher.start(record)))
             self._routes[name] = route
         return route
@@ -113,6 +183,89 @@ class Coordinator:
         self._routes.pop(name, None)
         self._launcher.stop(removed[0])
         self._store.delete_prefix(_queue_prefix(name))
+
+    # ------------------------------------------------------------------ failover
+
+    def report_failure(self, name: str, partition: int) -> Route:
+        """A handle could not reach a partition: fail over if its leader is dead.
+
+        Returns the current route either way (a leader that Ray is restarting, or
+        that is merely slow, keeps its place).
+        """
+        record = self._queues.get(name)
+        if record is None:
+            raise QueueNotFound(name)
+        if 0 <= partition < len(record.placements) and self._launcher.is_dead(record.placements[partition].leader):
+            self._fail_over(name, partition)
+        return self.route(name)
+
+    def check_health(self) -> None:
+        """Fail over dead leaders and replace dead replicas of every queue in use."""
+        for name in list(self._routes):
+            record = self._queues.get(name)
+            if record is None:
+                continue
+            for partition, placement in enumerate(record.placements):
+                if self._launcher.is_dead(placement.leader):
+                    self._fail_over(name, partition)
+                elif any(self._launcher.is_dead(replica) for replica in placement.replicas):
+                    self._replace_replicas(name, partition)
+
+    def replica_lost(self, name: str, partition: int) -> None:
+        """A leader dropped replicas from its in-sync set: replace them."""
+        record = self._queues.get(name)
+        if record is None or partition >= len(record.placements):
+            return
+        placement = record.placements[partition]
+        in_sync = set(self._launcher.in_sync(placement.leader))
+        for replica in placement.replicas:
+            if replica not in in_sync:
+                self._launcher.kill(replica)
+        kept = tuple(replica for replica in placement.replicas if replica in in_sync)
+        self._place(name, partition, placement.leader, kept, placement.next_generation)
+
+    def _fail_over(self, name: str, partition: int) -> None:
+        """Promote a live replica under a new epoch (or start a new leader from storage
+        if none is left), then start replicas to make up the number."""
+        started = time.monotonic()
+        record = self._queues[name]
+        placement = record.placements[partition]
+        alive = [replica for replica in placement.replicas if not self._launcher.is_dead(replica)]
+        generation = placement.next_generation
+        if alive:
+            self._launcher.promote(record, partition, alive[0])
+            leader, replicas = alive[0], tuple(alive[1:])
+        else:
+            leader, replicas = actor_name(name, record.uid, partition, generation), ()
+            generation += 1
+        log.warning("queue %s partition %d: leader %s is dead; %s leads now", name, partition, placement.leader, leader)
+        self._place(name, partition, leader, replicas, generation)
+        self.failover_seconds.append(time.monotonic() - started)
+
+    def _replace_replicas(self, name: str, partition: int) -> None:
+        placement = self._queues[name].placements[partition]
+        alive = tuple(replica for replica in placement.replicas if not self._launcher.is_dead(replica))
+        self._place(name, partition, placement.leader, alive, placement.next_generation)
+
+    def _place(self, name: str, partition: int, leader: str, replicas: tuple[str, ...], generation: int) -> None:
+        """Persist a partition's new placement, topped up with new replicas, and start them."""
+        record = self._queues[name]
+        missing = record.config.replicas - len(replicas)
+        new = tuple(actor_name(name, record.uid, partition, generation + i) for i in range(missing))
+        placement = Placement(leader, replicas + new, generation + missing)
+
+        def update(queues: dict[str, QueueRecord]) -> dict[str, QueueRecord] | None:
+            current = queues.get(name)
+            if current is None or current.uid != record.uid:
+                return None  # deleted meanwhile
+            return {**queues, name: current.with_placement(partition, placement)}
+
+        self._change(update)
+        self._routes.pop(name, None)
+        if name in self._queues:
+            self.route(name)  # starts the new actors and wires replicas to the leader
+
+    # ------------------------------------------------------------------- storage
 
     def _change(self, change: Callable[[dict[str, QueueRecord]], dict[str, QueueRecord] | None]) -> None:
         """Apply ``change`` to the catalog (None: nothing to change), persist, then publish.

@@ -24,6 +24,8 @@ MAX_QUEUE_MESSAGES = 10_000_000_000
 MAX_MESSAGE_BYTES_LIMIT = 16 * 1024 * 1024
 #: Most partitions one queue may have.
 MAX_PARTITIONS = 256
+#: Most replica actors per partition.
+MAX_REPLICAS = 4
 #: Visibility timeout: default and upper bound, as in SQS.
 VISIBILITY_TIMEOUT_S = 30.0
 MAX_VISIBILITY_TIMEOUT_S = 12 * 3600.0
@@ -61,6 +63,11 @@ PARTITION_RETRY_S = 30.0
 #: A partition checkpoints after this many delete logs and emptied segments,
 #: which bounds what its recovery reads.
 CHECKPOINT_EVERY = 64
+
+#: How often the coordinator checks that partition leaders and replicas are alive.
+HEALTH_CHECK_INTERVAL_S = 1.0
+#: How long a leader waits for a replica to take a batch before dropping it from the in-sync set.
+REPLICA_TIMEOUT_S = 5.0
 
 #: Catalog versions kept on storage besides the newest (older ones are removed).
 CATALOG_VERSIONS_KEPT = 3

@@ -31,6 +31,10 @@ class PartitionStats:
     visible: int
     in_flight: int
     stored_bytes: int
+    #: Replicas holding every write acknowledged so far.
+    replicas_in_sync: int = 0
+    #: Of those, how many share the leader's node (the cluster had no other).
+    replicas_on_leader_node: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,6 +16,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -23,12 +24,13 @@ import pyarrow.compute as pc
 
 from rayqueue import defaults
 from rayqueue.config import QueueConfig
-from rayqueue.errors import MessageTooLarge
+from rayqueue.errors import MessageTooLarge, StorageUnavailable
 from rayqueue.group_commit import GroupCommit
 from rayqueue.log import DeleteTicket, PartitionLog
 from rayqueue.message import PartitionStats
 from rayqueue.metrics import NoMetrics, PartitionMetrics
-from rayqueue.storage import PartitionStore
+from rayqueue.replication import HeldWrites, Replicator
+from rayqueue.storage import PartitionStore, RecoveredPartition
 from rayqueue.storage.partition_store import Checkpoint
 
 log = logging.getLogger(__name__)
@@ -48,6 +50,7 @@ class PartitionService:
         clock: Callable[[], float] = time.time,
         checkpoint_every: int = defaults.CHECKPOINT_EVERY,
         metrics: PartitionMetrics | None = None,
+        replicator: Replicator | None = None,
     ) -> None:
         self.config = config
         self.partition = partition
@@ -56,6 +59,10 @@ class PartitionService:
         self._checkpoint_every = checkpoint_every
         self._metrics = metrics or NoMetrics()
         self._state_reported_at = 0.0
+        self._replicator = replicator
+        # With durability "replicas", writes are acknowledged once the replicas hold
+        # them and stored in the background; otherwise replicas are standbys only.
+        self._replicas = replicator if config.durability == "replicas" else None
         self._log = PartitionLog(
             partition,
             quota=config.partition_quota(partition),
@@ -68,24 +75,44 @@ class PartitionService:
         )
         self._deletes: GroupCommit[DeleteTicket] = GroupCommit(self._flush_deletes)
         self._next_delete_seq = 0
-        # First offset / delete sequence of a write in flight: a checkpoint must not claim them.
-        self._writing_offset: int | None = None
-        self._writing_delete_seq: int | None = None
+        # First offsets of segments, and sequence numbers of delete logs, not stored yet:
+        # a checkpoint must not claim them, and replicas must keep holding them.
+        self._unstored_segments: dict[int, pa.RecordBatch] = {}
+        self._unstored_deletes: dict[int, np.ndarray] = {}
         self._since_checkpoint = 0
         self._checkpointing: asyncio.Task[None] | None = None
         self._pending_ids: dict[str, asyncio.Future[None]] = {}
         self._changed = asyncio.Event()
         self.objects_recovered = 0
 
-    def recover(self) -> None:
-        """Take over the partition under a new epoch and load what it has on storage.
+    def recover(self, held: HeldWrites | None = None) -> None:
+        """Take over the partition under a new epoch and load what it has on storage,
+        plus what a replica ``held`` (acknowledged by the old leader, maybe not stored).
 
         Blocking; call before serving.
         """
         recovered = self._store.take_over()
+        if held is not None:
+            self._store_held(recovered, held)
         self._log.load(recovered.segments, recovered.deleted_offsets, recovered.next_offset, self._clock())
         self._next_delete_seq = recovered.next_delete_seq
         self.objects_recovered = recovered.objects_read
+
+    def _store_held(self, recovered: RecoveredPartition, held: HeldWrites) -> None:
+        # Under this leader's epoch; a copy the old leader stored before the takeover
+        # was recovered already (same first offset), one it stores later is fenced off.
+        stored = {table.column("offset")[0].as_py() for _, table in recovered.segments}
+        for first, batch in sorted(held.segments.items()):
+            if first not in stored:
+                name = self._store.write_segment(batch)
+                recovered.segments.append((name, pa.Table.from_batches([batch])))
+                recovered.next_offset = max(recovered.next_offset, first + batch.num_rows)
+        recovered.segments.sort(key=lambda item: item[1].column("offset")[0].as_py())
+        if held.deletes:
+            offsets = np.unique(np.concatenate(list(held.deletes.values())))
+            self._store.write_deletes(offsets, recovered.next_delete_seq)
+            recovered.next_delete_seq += 1
+            recovered.deleted_offsets = np.union1d(recovered.deleted_offsets, offsets)
 
     @property
     def epoch(self) -> int:
@@ -143,21 +170,65 @@ class PartitionService:
 
     async def _flush_sends(self, items: list[tuple[pa.Table, bool]]) -> None:
         count = sum(rows.num_rows for rows, _ in items)
-        started = time.perf_counter()
         try:
             segment = self._log.stamp(pa.concat_tables([rows for rows, _ in items]), self._clock())
-            self._writing_offset = segment.column(0)[0].as_py()
-            name = await asyncio.to_thread(self._store.write_segment, segment)
+            first = segment.column(0)[0].as_py()
+            self._unstored_segments[first] = segment
+            storing = self._write(self._store.write_segment, segment, unstored=self._unstored_segments, key=first)
+            if self._replicas is not None and await self._replicas.segment(segment):
+                name = self._store.segment_name(first)
+            else:  # stored first, or no replica left in sync to hold it
+                name = await storing
         except BaseException:
             self._log.release(count)
             raise
-        finally:
-            self._writing_offset = None
-        self._metrics.storage_write(time.perf_counter() - started)
         self._log.publish(segment, name, explicit_ids=any(dedup for _, dedup in items))
         self._metrics.sent(count, pc.sum(pc.binary_length(segment.column("body"))).as_py())
         self._report_state()
         self._notify()
+
+    def _write(self, write: Callable[..., Any], *args: Any, unstored: dict[int, Any], key: int) -> asyncio.Future[Any]:
+        """Store in a thread; ``unstored[key]`` is dropped once done. With durability
+        "replicas" the write runs on its own and is retried until it succeeds, since
+        it was acknowledged already."""
+
+        async def attempt() -> Any:
+            started, delay = time.perf_counter(), 0.1
+            try:
+                while True:
+                    try:
+                        result = await asyncio.to_thread(write, *args)
+                        break
+                    except StorageUnavailable:
+                        if self._replicas is None:
+                            raise
+                        log.warning("%s partition %d: storage unavailable, retrying", self.config.name, self.partition)
+                        await asyncio.sleep(delay)
+                        delay = min(delay * 2, 5.0)
+            finally:
+                unstored.pop(key, None)
+            self._metrics.storage_write(time.perf_counter() - started)
+            if self._replicas is not None:
+                self._replicas.stored(*self._stored_floors())
+            return result
+
+        task = asyncio.ensure_future(attempt())
+        if self._replicas is not None:  # nobody may be awaiting it
+            task.add_done_callback(_log_failure)
+        return task
+
+    def _stored_floors(self) -> tuple[int, int]:
+        """Every segment below the first offset, and every delete log below the
+        sequence number, is on storage."""
+        return (
+            min(self._unstored_segments, default=self._log.next_offset),
+            min(self._unstored_deletes, default=self._next_delete_seq),
+        )
+
+    def unstored(self) -> HeldWrites:
+        """What is acknowledged or being written but not on storage yet: what a
+        replica joining the in-sync set must be given first."""
+        return HeldWrites(dict(self._unstored_segments), dict(self._unstored_deletes))
 
     # ----------------------------------------------------------------- receives
 
@@ -211,19 +282,18 @@ class PartitionService:
 
     async def _flush_deletes(self, tickets: list[DeleteTicket]) -> None:
         offsets = np.concatenate([ticket.offsets for ticket in tickets])
-        seq = self._writing_delete_seq = self._next_delete_seq
+        seq = self._next_delete_seq
         self._next_delete_seq += 1
-        started = time.perf_counter()
         try:
-            await asyncio.to_thread(self._store.write_deletes, offsets, seq)
+            self._unstored_deletes[seq] = offsets
+            storing = self._write(self._store.write_deletes, offsets, seq, unstored=self._unstored_deletes, key=seq)
+            if self._replicas is None or not await self._replicas.deletes(seq, offsets):
+                await storing
         except BaseException:
             for ticket in tickets:
                 self._log.abort_delete(ticket)
             self._notify()
             raise
-        finally:
-            self._writing_delete_seq = None
-        self._metrics.storage_write(time.perf_counter() - started)
         for ticket in tickets:
             self._log.commit_delete(ticket)
         self._metrics.deleted(len(offsets))
@@ -244,13 +314,8 @@ class PartitionService:
         # Taken without awaiting, so the snapshot is consistent; what is being
         # written right now is left to the next checkpoint.
         segments, deleted = self._log.live_segments(self._clock())
-        checkpoint = Checkpoint(
-            seq=self._next_delete_seq if self._writing_delete_seq is None else self._writing_delete_seq,
-            epoch=self.epoch,
-            next_offset=self._log.next_offset if self._writing_offset is None else self._writing_offset,
-            segments=segments,
-            deleted=deleted,
-        )
+        next_offset, seq = self._stored_floors()
+        checkpoint = Checkpoint(seq=seq, epoch=self.epoch, next_offset=next_offset, segments=segments, deleted=deleted)
         since, dropped = self._since_checkpoint, self._log.dropped_segments
         try:
             await asyncio.to_thread(self._store.write_checkpoint, checkpoint)
@@ -269,7 +334,14 @@ class PartitionService:
     def stats(self) -> PartitionStats:
         stats = self._log.stats(self._clock())
         self._metrics.state(stats.visible, stats.in_flight, stats.stored_bytes)
-        return PartitionStats(self.partition, stats.visible, stats.in_flight, stats.stored_bytes)
+        return PartitionStats(
+            self.partition,
+            stats.visible,
+            stats.in_flight,
+            stats.stored_bytes,
+            replicas_in_sync=self._replicator.in_sync() if self._replicator else 0,
+            replicas_on_leader_node=self._replicator.on_leader_node() if self._replicator else 0,
+        )
 
     def _report_state(self) -> None:
         # Counting in-flight messages scans the log: at most once a second.
@@ -278,3 +350,8 @@ class PartitionService:
             self._state_reported_at = now
             self.stats()
 
+
+def _log_failure(task: asyncio.Future[Any]) -> None:
+    # A background store that nobody awaits must not fail silently.
+    if not task.cancelled() and task.exception() is not None:
+        log.error("storing failed for good: %s", task.exception())

@@ -94,7 +94,7 @@ def _execute(target: Target, step: Step) -> Any:
         if failed:
             index, error = failed[0]
             time.sleep(retry.next_delay(step.calls[index].partition, error))
-            refresh_route(target)
+            report_failure(target, step.calls[index].partition)
         todo = [index for index, _ in failed]
         retrying = True
     return results
@@ -113,12 +113,13 @@ def _first_of(target: Target, step: FirstOf) -> tuple[int, Any] | None:
     except RayTaskError as error:
         raise unwrap(error) from None
     except _RETRYABLE:
-        refresh_route(target)
+        report_failure(target, step.calls[index].partition)
         return None
 
 
-def refresh_route(target: Target) -> None:
-    target.route = call_coordinator(target.coordinator, "route", target.name)
+def report_failure(target: Target, partition: int) -> None:
+    """Tell the coordinator (which fails over a dead leader) and take its fresh route."""
+    target.route = call_coordinator(target.coordinator, "report_failure", target.name, partition)
 
 
 def call_coordinator(coordinator: Any, method: str, *args: Any) -> Any:
@@ -179,7 +180,7 @@ async def _execute_async(target: Target, step: Step) -> Any:
         if failed:
             index, error = failed[0]
             await asyncio.sleep(retry.next_delay(step.calls[index].partition, error))
-            await refresh_route_async(target)
+            await report_failure_async(target, step.calls[index].partition)
         todo = [index for index, _ in failed]
         retrying = True
     return results
@@ -205,12 +206,12 @@ async def _first_of_async(target: Target, step: FirstOf) -> tuple[int, Any] | No
     except RayTaskError as error:
         raise unwrap(error) from None
     except (*_RETRYABLE, TaskCancelledError):
-        await refresh_route_async(target)
+        await report_failure_async(target, step.calls[tasks.index(task)].partition)
         return None
 
 
-async def refresh_route_async(target: Target) -> None:
-    target.route = await call_coordinator_async(target.coordinator, "route", target.name)
+async def report_failure_async(target: Target, partition: int) -> None:
+    target.route = await call_coordinator_async(target.coordinator, "report_failure", target.name, partition)
 
 
 async def call_coordinator_async(coordinator: Any, method: str, *args: Any) -> Any:

@@ -1,54 +1,135 @@
-"""The Ray actor that hosts one partition. Only forwarding lives here."""
+"""The Ray actor that hosts one partition, as its leader or as a replica.
+
+A leader hosts a ``PartitionService`` (recovered from storage when it starts,
+and again when Ray restarts it). A replica holds what its leader acknowledged
+but has not stored yet, and becomes the leader, in place, when promoted.
+Only forwarding lives here.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
 import ray
 
 from rayqueue.actors.metrics import RayPartitionMetrics
+from rayqueue.actors.replicator import RayReplicator
 from rayqueue.config import QueueConfig
+from rayqueue.errors import PartitionUnavailable
 from rayqueue.message import PartitionStats
 from rayqueue.partition import PartitionService
+from rayqueue.replication import HeldWrites
 from rayqueue.storage import ObjectStore, PartitionStore
+
+Role = Literal["leader", "replica"]
 
 
 class PartitionActor:
-    """Recovers its partition from storage when it starts, and again when Ray restarts it."""
-
     def __init__(
-        self, config: QueueConfig, partition: int, storage: str, storage_options: dict[str, Any]
+        self,
+        config: QueueConfig,
+        partition: int,
+        storage: str,
+        storage_options: dict[str, Any],
+        role: Role,
+        namespace: str,
     ) -> None:
-        store = PartitionStore(ObjectStore(storage, storage_options), config.name, partition)
-        self._service = PartitionService(config, partition, store, metrics=RayPartitionMetrics(config.name, partition))
-        self._service.recover()
+        self._config = config
+        self._partition = partition
+        self._store = PartitionStore(ObjectStore(storage, storage_options), config.name, partition)
+        self._replicator = RayReplicator(config.name, partition, namespace)
+        self._held = HeldWrites()
+        self._service: PartitionService | None = None
+        if role == "leader":
+            self._lead()
+
+    def _lead(self) -> None:
+        service = PartitionService(
+            self._config,
+            self._partition,
+            self._store,
+            metrics=RayPartitionMetrics(self._config.name, self._partition),
+            replicator=self._replicator if self._config.replicas else None,
+        )
+        service.recover(self._held)
+        self._held = HeldWrites()
+        self._service = service
+
+    @property
+    def _leader(self) -> PartitionService:
+        if self._service is None:
+            raise PartitionUnavailable(self._config.name, self._partition, "asked a replica, not the leader")
+        return self._service
+
+    # ------------------------------------------------------------------ control
 
     def ready(self) -> int:
-        return self._service.objects_recovered
+        return self._service.objects_recovered if self._service else 0
+
+    def node_id(self) -> str:
+        return ray.get_runtime_context().get_node_id()
+
+    def promote(self) -> int:
+        """Become the leader under a new epoch; returns the epoch."""
+        if self._service is None:
+            self._lead()
+        return self._leader.epoch
+
+    async def attach_replicas(self, replicas: dict[str, Any], on_leader_node: int) -> None:
+        """Replicate to these replicas from now on. Newcomers first get what is
+        acknowledged but not stored yet, so that each in-sync replica holds it all."""
+        if self._service is None or not self._config.replicas:
+            return
+        known = set(self._replicator.names())
+        unstored = self._service.unstored()
+        catch_up = [
+            call
+            for name, replica in replicas.items()
+            if name not in known
+            for call in (
+                *(replica.hold_segment.remote(batch) for batch in unstored.segments.values()),
+                *(replica.hold_deletes.remote(seq, offsets) for seq, offsets in unstored.deletes.items()),
+            )
+        ]
+        await asyncio.gather(*catch_up)
+        self._replicator.attach(replicas, on_leader_node)
+
+    def in_sync_replicas(self) -> list[str]:
+        return self._replicator.names()
+
+    # ----------------------------------------------------------- as a replica
+
+    def hold_segment(self, batch: pa.RecordBatch) -> None:
+        self._held.add_segment(batch)
+
+    def hold_deletes(self, seq: int, offsets: np.ndarray) -> None:
+        self._held.add_deletes(seq, offsets)
+
+    def release(self, offset_floor: int, seq_floor: int) -> None:
+        self._held.release(offset_floor, seq_floor)
+
+    # ------------------------------------------------------------ as a leader
 
     async def send(self, rows: pa.Table, dedup: bool) -> None:
-        await self._service.send(rows, dedup)
+        await self._leader.send(rows, dedup)
 
     async def receive(self, max_messages: int, wait_s: float, visibility_s: float | None) -> pa.Table:
-        return await self._service.receive(max_messages, wait_s, visibility_s)
+        return await self._leader.receive(max_messages, wait_s, visibility_s)
 
     async def wait_visible(self, wait_s: float) -> bool:
-        return await self._service.wait_visible(wait_s)
+        return await self._leader.wait_visible(wait_s)
 
     async def delete(self, offsets: np.ndarray, tokens: np.ndarray, receipts: list[str]) -> None:
-        await self._service.delete(offsets, tokens, receipts)
+        await self._leader.delete(offsets, tokens, receipts)
 
     async def change_visibility(self, offset: int, token: int, receipt: str, timeout_s: float) -> None:
-        self._service.change_visibility(offset, token, receipt, timeout_s)
+        self._leader.change_visibility(offset, token, receipt, timeout_s)
 
     async def stats(self) -> PartitionStats:
-        return self._service.stats()
-
-
-def partition_actor_name(queue: str, uid: str, partition: int) -> str:
-    return f"rayqueue.{queue}.{uid}.{partition}"
+        return self._leader.stats()
 
 
 RemotePartition = ray.remote(PartitionActor)

@@ -236,12 +236,15 @@ class PartitionStore:
 
     # ------------------------------------------------------------------ writes
 
+    def segment_name(self, first_offset: int) -> str:
+        return format.segment_name(first_offset, self.epoch)
+
     def write_segment(self, batch: pa.RecordBatch) -> str:
         """Store a segment whose first offset is ``batch['offset'][0]``.
 
         Durable on return, and this leader was still the leader after writing it.
         """
-        name = format.segment_name(batch.column(0)[0].as_py(), self.epoch)
+        name = self.segment_name(batch.column(0)[0].as_py())
         self._store.put_once(name, format.encode_segment(batch, self.epoch))
         self._check_leader()
         return name

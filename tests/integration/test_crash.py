@@ -10,12 +10,11 @@ import time
 import ray
 
 import rayqueue
-from rayqueue.actors.partition import partition_actor_name
 from rayqueue.errors import RayQueueError
 
 
 def partition_pid(queue: rayqueue.Queue) -> int:
-    actor = ray.get_actor(partition_actor_name(queue.name, queue._target.route.uid, 0))
+    actor = queue._target.route.partitions[0]  # the leader's actor handle
     return ray.get(actor.__ray_call__.remote(lambda self: os.getpid()))
 
 

@@ -9,13 +9,11 @@ import pytest
 import ray
 
 import rayqueue
-from rayqueue.actors.partition import partition_actor_name
 from rayqueue.errors import InvalidReceipt
 
 
 def partition_actor(queue: rayqueue.Queue, partition: int = 0):
-    route = queue._target.route
-    return ray.get_actor(partition_actor_name(queue.name, route.uid, partition))
+    return queue._target.route.partitions[partition]  # the leader's actor handle
 
 
 def test_killed_partition_process_recovers_everything_acknowledged(client, queue_name):

@@ -14,15 +14,35 @@ from rayqueue.storage.partition_store import partition_prefix
 
 
 class FakeLauncher:
-    """Stands in for Ray: "starts" partitions as strings and remembers what it was asked."""
+    """Stands in for Ray: "starts" actors as names and remembers what it was asked.
+
+    Actors named in ``dead`` are dead; the rest are alive.
+    """
 
     def __init__(self) -> None:
         self.started: list[QueueRecord] = []
         self.stopped: list[QueueRecord] = []
+        self.dead: set[str] = set()
+        self.promoted: list[str] = []
+        self.killed: list[str] = []
+        self.in_sync_replicas: dict[str, list[str]] = {}
 
     def start(self, record: QueueRecord) -> list[Any]:
         self.started.append(record)
-        return [f"{record.config.name}/{record.uid}/{p}" for p in range(record.config.partitions)]
+        return [placement.leader for placement in record.placements]
+
+    def is_dead(self, name: str) -> bool:
+        return name in self.dead
+
+    def promote(self, record: QueueRecord, partition: int, name: str) -> None:
+        self.promoted.append(name)
+
+    def in_sync(self, leader: str) -> list[str]:
+        return self.in_sync_replicas.get(leader, [])
+
+    def kill(self, name: str) -> None:
+        self.killed.append(name)
+        self.dead.add(name)
 
     def stop(self, record: QueueRecord) -> None:
         self.stopped.append(record)
@@ -220,3 +240,95 @@ def test_partition_objects_survive_a_coordinator_restart(storage_url):
     coordinator(storage_url).route("orders")
 
     assert ObjectStore(storage_url).list("queues/") == ["queues/orders/0/segments/x.arrow"]
+
+
+# ------------------------------------------------------------------ failover
+
+
+def placement_of(coord: Coordinator, name: str = "orders", partition: int = 0):
+    return coord._queues[name].placements[partition]
+
+
+def test_dead_leader_is_replaced_by_a_promoted_replica_and_a_new_replica(storage_url):
+    launcher = FakeLauncher()
+    coord = coordinator(storage_url, launcher)
+    coord.create_queue(config(replicas=2, durability="replicas"))
+    before = placement_of(coord)
+    launcher.dead.add(before.leader)
+
+    route = coord.report_failure("orders", 0)
+
+    after = placement_of(coord)
+    assert launcher.promoted == [before.replicas[0]]
+    assert route.partitions == (before.replicas[0],)
+    assert after.leader == before.replicas[0]
+    assert after.replicas[0] == before.replicas[1] and len(after.replicas) == 2
+    assert after.replicas[1] not in (before.leader, *before.replicas)  # a new name, never reused
+    # The new placement was persisted before it was used.
+    assert placement_of(coordinator(storage_url)) == after
+
+
+def test_live_leader_keeps_its_place_when_a_handle_reports_a_failure(storage_url):
+    launcher = FakeLauncher()
+    coord = coordinator(storage_url, launcher)
+    coord.create_queue(config(replicas=1))
+    before = placement_of(coord)
+
+    coord.report_failure("orders", 0)
+
+    assert placement_of(coord) == before and launcher.promoted == []
+
+
+def test_dead_leader_with_no_live_replica_gets_a_new_leader_from_storage(storage_url):
+    launcher = FakeLauncher()
+    coord = coordinator(storage_url, launcher)
+    coord.create_queue(config(replicas=1))
+    before = placement_of(coord)
+    launcher.dead |= {before.leader, *before.replicas}
+
+    coord.check_health()
+
+    after = placement_of(coord)
+    assert launcher.promoted == []
+    assert after.leader not in (before.leader, *before.replicas)
+    assert len(after.replicas) == 1 and after.replicas[0] != after.leader
+
+
+def test_health_check_replaces_a_dead_replica(storage_url):
+    launcher = FakeLauncher()
+    coord = coordinator(storage_url, launcher)
+    coord.create_queue(config(replicas=2))
+    before = placement_of(coord)
+    launcher.dead.add(before.replicas[0])
+
+    coord.check_health()
+
+    after = placement_of(coord)
+    assert after.leader == before.leader
+    assert after.replicas[0] == before.replicas[1] and before.replicas[0] not in after.replicas
+    assert len(after.replicas) == 2
+
+
+def test_replicas_out_of_sync_are_stopped_and_replaced(storage_url):
+    launcher = FakeLauncher()
+    coord = coordinator(storage_url, launcher)
+    coord.create_queue(config(replicas=2))
+    before = placement_of(coord)
+    launcher.in_sync_replicas[before.leader] = [before.replicas[1]]
+
+    coord.replica_lost("orders", 0)
+
+    after = placement_of(coord)
+    assert launcher.killed == [before.replicas[0]]
+    assert after.replicas[0] == before.replicas[1] and len(after.replicas) == 2
+
+
+def test_without_replicas_a_restarting_leader_is_left_to_ray(storage_url):
+    launcher = FakeLauncher()
+    coord = coordinator(storage_url, launcher)
+    coord.create_queue(config())
+    before = placement_of(coord)
+
+    coord.report_failure("orders", 0)  # alive (Ray restarts it in place)
+
+    assert placement_of(coord) == before
