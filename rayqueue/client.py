@@ -66,9 +66,13 @@ class Client:
         visibility_timeout_s: float = defaults.VISIBILITY_TIMEOUT_S,
         retention_s: float = defaults.RETENTION_S,
         durability: str = "storage",
+        replicas: int = 0,
     ) -> Queue:
         """Create a queue, or return the existing one if its settings are the same.
 
+        ``replicas`` replica actors per partition (on other nodes where the cluster
+        has them) take over when a leader dies; with ``durability="replicas"`` a
+        send is acknowledged once they hold it, before it is stored.
         Raises ``QueueAlreadyExists`` if a queue of that name has other settings.
         """
         config = QueueConfig.build(
@@ -79,6 +83,7 @@ class Client:
             visibility_timeout_s=visibility_timeout_s,
             retention_s=retention_s,
             durability=durability,
+            replicas=replicas,
         )
         route = calls.call_coordinator(self._coordinator, "create_queue", config)
         return Queue(name, self._coordinator, route)

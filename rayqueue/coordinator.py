@@ -157,9 +157,12 @@ class Coordinator:
         route = self._routes.get(name)
         if route is None or route.uid != record.uid:
             for partition, placement in enumerate(record.placements):
-                # A leader that died while nobody watched (say, with the coordinator):
-                # fail over now, so that a replica's unstored writes are not passed by.
-                if self._launcher.is_dead(placement.leader) and placement.replicas:
+                # A leader that died while nobody watched (say, with the coordinator) but
+                # left a live replica: promote it, so that what it holds is not passed by.
+                # (No live replica: a new queue, or a start from storage is all there is.)
+                if self._launcher.is_dead(placement.leader) and any(
+                    not self._launcher.is_dead(replica) for replica in placement.replicas
+                ):
                     self._fail_over(name, partition)
             record = self._queues[name]
             route = Route(record.config, record.uid, tuple(self._launcher.start(record)))
@@ -208,7 +211,9 @@ class Coordinator:
             for partition, placement in enumerate(record.placements):
                 if self._launcher.is_dead(placement.leader):
                     self._fail_over(name, partition)
-                elif any(self._launcher.is_dead(replica) for replica in placement.replicas):
+                elif len(placement.replicas) < record.config.replicas or any(
+                    self._launcher.is_dead(replica) for replica in placement.replicas
+                ):
                     self._replace_replicas(name, partition)
 
     def replica_lost(self, name: str, partition: int) -> None:
@@ -239,7 +244,9 @@ class Coordinator:
             leader, replicas = actor_name(name, record.uid, partition, generation), ()
             generation += 1
         log.warning("queue %s partition %d: leader %s is dead; %s leads now", name, partition, placement.leader, leader)
-        self._place(name, partition, leader, replicas, generation)
+        # New replicas come with the next health check, so that handles are not kept
+        # waiting for their processes to start.
+        self._place(name, partition, leader, replicas, generation, top_up=False)
         self.failover_seconds.append(time.monotonic() - started)
 
     def _replace_replicas(self, name: str, partition: int) -> None:
@@ -247,10 +254,12 @@ class Coordinator:
         alive = tuple(replica for replica in placement.replicas if not self._launcher.is_dead(replica))
         self._place(name, partition, placement.leader, alive, placement.next_generation)
 
-    def _place(self, name: str, partition: int, leader: str, replicas: tuple[str, ...], generation: int) -> None:
-        """Persist a partition's new placement, topped up with new replicas, and start them."""
+    def _place(
+        self, name: str, partition: int, leader: str, replicas: tuple[str, ...], generation: int, top_up: bool = True
+    ) -> None:
+        """Persist a partition's new placement (topped up with new replicas), then start it."""
         record = self._queues[name]
-        missing = record.config.replicas - len(replicas)
+        missing = record.config.replicas - len(replicas) if top_up else 0
         new = tuple(actor_name(name, record.uid, partition, generation + i) for i in range(missing))
         placement = Placement(leader, replicas + new, generation + missing)
 

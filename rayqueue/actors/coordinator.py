@@ -22,6 +22,8 @@ log = logging.getLogger(__name__)
 
 #: How long a probe waits for an actor before calling it slow (not dead).
 PROBE_TIMEOUT_S = 2.0
+#: How long a new actor may take to start.
+START_TIMEOUT_S = 60.0
 #: How long a promotion may take (it reads the partition's state from storage).
 PROMOTE_TIMEOUT_S = 120.0
 
@@ -43,11 +45,16 @@ class RayLauncher:
         leaders, attaching = [], []
         for partition, placement in enumerate(record.placements):
             leader = self._actor(record, partition, placement.leader, "leader")
-            leader_node = ray.get(leader.node_id.remote())
+            leader_node = ray.get(leader.node_id.remote(), timeout=START_TIMEOUT_S)
             used, replicas, on_leader_node = {leader_node}, {}, 0
             for name in placement.replicas:
                 replica = self._actor(record, partition, name, "replica", avoid=used)
-                node = ray.get(replica.node_id.remote())
+                try:
+                    node = ray.get(replica.node_id.remote(), timeout=START_TIMEOUT_S)
+                except (RayActorError, GetTimeoutError):
+                    log.warning("replica %s did not start; the next health check replaces it", name)
+                    self.kill(name)
+                    continue
                 used.add(node)
                 replicas[name] = replica
                 on_leader_node += node == leader_node
@@ -67,8 +74,10 @@ class RayLauncher:
         )
         node = _pick_node(avoid) if avoid else None
         if node is not None:
-            # Soft: on a cluster of one node, replicas share it (and stats say so).
-            options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node, soft=True)
+            # Hard affinity: Ray's soft affinity was seen to place actors elsewhere while
+            # the node had room. With no other node, replicas share the leader's (and
+            # stats say so).
+            options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node, soft=False)
         return RemotePartition.options(**options).remote(
             record.config, partition, self._storage, self._storage_options, role, self._namespace
         )

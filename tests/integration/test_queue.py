@@ -361,3 +361,15 @@ def test_async_twins_in_driver_event_loop(queue):
         return [m.body for m in messages]
 
     assert asyncio.run(main()) == [b"a", b"b", b"c"]
+
+
+def test_on_one_node_replicas_share_it_and_stats_say_so(client, queue_name):
+    queue = client.create_queue(queue_name, max_messages=10, max_message_bytes=100, replicas=1)
+    (partition,) = queue.stats().partitions
+    assert partition.replicas_in_sync == 1
+    assert partition.replicas_on_leader_node == 1
+
+
+def test_durability_replicas_needs_a_replica(client, queue_name):
+    with pytest.raises(InvalidArgument, match="replicas"):
+        client.create_queue(queue_name, max_messages=10, max_message_bytes=100, durability="replicas")

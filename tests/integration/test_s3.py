@@ -85,3 +85,30 @@ def test_storage_outage_fails_sends_clearly_and_keeps_serving_receives(seaweed, 
         assert last.id == after and last.body == b"after the outage"
     finally:
         ray.shutdown()
+
+
+def test_replicas_hold_what_an_outage_kept_from_storage_through_a_failover(seaweed, ray_starter):
+    storage = seaweed.url(f"replicas-{uuid.uuid4().hex[:8]}")
+    start(ray_starter, seaweed, "s3-replicas")
+    try:
+        client = rayqueue.connect(storage=storage, storage_options=s3_options(seaweed), namespace="s3-replicas")
+        queue = client.create_queue(
+            "held", max_messages=1000, max_message_bytes=100, replicas=1, durability="replicas"
+        )
+        queue.send(b"stored")
+        seaweed.stop()
+        try:
+            # Acknowledged once the replica holds them; storage is down.
+            held = queue.send_batch([f"held{i}" for i in range(5)])
+            ray.kill(queue._target.route.partitions[0], no_restart=True)
+        finally:
+            seaweed.start()
+        queue.send(b"after")  # the replica takes over, stores what it held, and serves
+        bodies = []
+        while batch := queue.receive(100):
+            bodies += [m.body for m in batch]
+            queue.delete_batch([m.receipt for m in batch])
+        assert bodies == [b"stored"] + [f"held{i}".encode() for i in range(5)] + [b"after"]
+        assert len(held) == 5
+    finally:
+        ray.shutdown()
