@@ -261,11 +261,15 @@ def test_dead_leader_is_replaced_by_a_promoted_replica_and_a_new_replica(storage
     after = placement_of(coord)
     assert launcher.promoted == [before.replicas[0]]
     assert route.partitions == (before.replicas[0],)
-    assert after.leader == before.replicas[0]
-    assert after.replicas[0] == before.replicas[1] and len(after.replicas) == 2
-    assert after.replicas[1] not in (before.leader, *before.replicas)  # a new name, never reused
+    assert after.leader == before.replicas[0] and after.replicas == before.replicas[1:]
     # The new placement was persisted before it was used.
     assert placement_of(coordinator(storage_url)) == after
+
+    coord.check_health()  # tops the replicas up again
+
+    topped = placement_of(coord)
+    assert topped.replicas[0] == before.replicas[1] and len(topped.replicas) == 2
+    assert topped.replicas[1] not in (before.leader, *before.replicas)  # a new name, never reused
 
 
 def test_live_leader_keeps_its_place_when_a_handle_reports_a_failure(storage_url):
@@ -286,6 +290,7 @@ def test_dead_leader_with_no_live_replica_gets_a_new_leader_from_storage(storage
     before = placement_of(coord)
     launcher.dead |= {before.leader, *before.replicas}
 
+    coord.check_health()
     coord.check_health()
 
     after = placement_of(coord)
