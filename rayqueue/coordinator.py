@@ -96,11 +96,12 @@ class Route:
 
 
 class PartitionLauncher(Protocol):
-    def start(self, record: QueueRecord) -> list[Any]:
-        """Start (or find) every partition's leader and replicas; return the leaders once ready."""
+    def start(self, record: QueueRecord, wait: bool = False) -> list[Any]:
+        """Start (or find) every partition's leader and replicas; return the leaders once
+        they serve (and, with ``wait``, once the replicas are in sync)."""
 
-    def is_dead(self, name: str) -> bool:
-        """Has the actor of this name died for good (not merely restarting or slow)?"""
+    def dead(self, names: list[str]) -> set[str]:
+        """Which of these actors died for good (not merely restarting or slow)? One probe for all."""
 
     def promote(self, record: QueueRecord, partition: int, name: str) -> None:
         """Make the replica ``name`` the partition's leader; return once it serves."""
@@ -148,9 +149,11 @@ class Coordinator:
             return None
 
         self._change(add)
-        return self.route(config.name)
+        return self.route(config.name, wait=True)
 
-    def route(self, name: str) -> Route:
+    def route(self, name: str, wait: bool = False) -> Route:
+        """The queue's route, starting its actors if they are not running (with
+        ``wait``, until its replicas are in sync too)."""
         record = self._queues.get(name)
         if record is None:
             raise QueueNotFound(name)
@@ -160,12 +163,11 @@ class Coordinator:
                 # A leader that died while nobody watched (say, with the coordinator) but
                 # left a live replica: promote it, so that what it holds is not passed by.
                 # (No live replica: a new queue, or a start from storage is all there is.)
-                if self._launcher.is_dead(placement.leader) and any(
-                    not self._launcher.is_dead(replica) for replica in placement.replicas
-                ):
-                    self._fail_over(name, partition)
+                dead = self._launcher.dead([placement.leader, *placement.replicas])
+                if placement.leader in dead and any(replica not in dead for replica in placement.replicas):
+                    self._fail_over(name, partition, dead)
             record = self._queues[name]
-            route = Route(record.config, record.uid, tuple(self._launcher.start(record)))
+            route = Route(record.config, record.uid, tuple(self._launcher.start(record, wait)))
             self._routes[name] = route
         return route
 
@@ -198,23 +200,32 @@ class Coordinator:
         record = self._queues.get(name)
         if record is None:
             raise QueueNotFound(name)
-        if 0 <= partition < len(record.placements) and self._launcher.is_dead(record.placements[partition].leader):
-            self._fail_over(name, partition)
+        if 0 <= partition < len(record.placements):
+            placement = record.placements[partition]
+            dead = self._launcher.dead([placement.leader, *placement.replicas])
+            if placement.leader in dead:
+                self._fail_over(name, partition, dead)
         return self.route(name)
 
     def check_health(self) -> None:
         """Fail over dead leaders and replace dead replicas of every queue in use."""
+        names = [
+            actor
+            for name in self._routes
+            if name in self._queues
+            for placement in self._queues[name].placements
+            for actor in (placement.leader, *placement.replicas)
+        ]
+        dead = self._launcher.dead(names) if names else set()
         for name in list(self._routes):
             record = self._queues.get(name)
             if record is None:
                 continue
             for partition, placement in enumerate(record.placements):
-                if self._launcher.is_dead(placement.leader):
-                    self._fail_over(name, partition)
-                elif len(placement.replicas) < record.config.replicas or any(
-                    self._launcher.is_dead(replica) for replica in placement.replicas
-                ):
-                    self._replace_replicas(name, partition)
+                if placement.leader in dead:
+                    self._fail_over(name, partition, dead)
+                elif len(placement.replicas) < record.config.replicas or dead & set(placement.replicas):
+                    self._replace_replicas(name, partition, dead)
 
     def replica_lost(self, name: str, partition: int) -> None:
         """A leader dropped replicas from its in-sync set: replace them."""
@@ -229,13 +240,13 @@ class Coordinator:
         kept = tuple(replica for replica in placement.replicas if replica in in_sync)
         self._place(name, partition, placement.leader, kept, placement.next_generation)
 
-    def _fail_over(self, name: str, partition: int) -> None:
+    def _fail_over(self, name: str, partition: int, dead: set[str]) -> None:
         """Promote a live replica under a new epoch (or start a new leader from storage
         if none is left), then start replicas to make up the number."""
         started = time.monotonic()
         record = self._queues[name]
         placement = record.placements[partition]
-        alive = [replica for replica in placement.replicas if not self._launcher.is_dead(replica)]
+        alive = [replica for replica in placement.replicas if replica not in dead]
         generation = placement.next_generation
         if alive:
             self._launcher.promote(record, partition, alive[0])
@@ -249,9 +260,9 @@ class Coordinator:
         self._place(name, partition, leader, replicas, generation, top_up=False)
         self.failover_seconds.append(time.monotonic() - started)
 
-    def _replace_replicas(self, name: str, partition: int) -> None:
+    def _replace_replicas(self, name: str, partition: int, dead: set[str]) -> None:
         placement = self._queues[name].placements[partition]
-        alive = tuple(replica for replica in placement.replicas if not self._launcher.is_dead(replica))
+        alive = tuple(replica for replica in placement.replicas if replica not in dead)
         self._place(name, partition, placement.leader, alive, placement.next_generation)
 
     def _place(

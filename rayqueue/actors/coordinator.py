@@ -40,30 +40,50 @@ class RayLauncher:
         self._namespace = namespace
         self._storage = storage
         self._storage_options = storage_options
+        self._nodes: dict[str, str] = {}
 
-    def start(self, record: QueueRecord) -> list[Any]:
-        leaders, attaching = [], []
-        for partition, placement in enumerate(record.placements):
-            leader = self._actor(record, partition, placement.leader, "leader")
-            leader_node = ray.get(leader.node_id.remote(), timeout=START_TIMEOUT_S)
-            used, replicas, on_leader_node = {leader_node}, {}, 0
+    def start(self, record: QueueRecord, wait: bool = False) -> list[Any]:
+        """Start (or find) the leaders and wait until they serve; start (or find) the
+        replicas and hand them to their leaders, waiting until they are in sync only
+        with ``wait`` (a leader counts a replica in sync once it has caught up)."""
+        leaders = [
+            self._actor(record, partition, placement.leader, "leader")
+            for partition, placement in enumerate(record.placements)
+        ]
+        ray.get([leader.ready.remote() for leader in leaders], timeout=START_TIMEOUT_S)
+        attaching = []
+        for partition, (leader, placement) in enumerate(zip(leaders, record.placements)):
+            used = {self._node_of(placement.leader, leader)}
+            replicas = {}
             for name in placement.replicas:
-                replica = self._actor(record, partition, name, "replica", avoid=used)
-                try:
-                    node = ray.get(replica.node_id.remote(), timeout=START_TIMEOUT_S)
-                except (RayActorError, GetTimeoutError):
-                    log.warning("replica %s did not start; the next health check replaces it", name)
-                    self.kill(name)
-                    continue
-                used.add(node)
+                replica = self._find(name)
+                if replica is None:
+                    node = _pick_node(used)
+                    replica = self._actor(record, partition, name, "replica", node)
+                    self._nodes[name] = node or ""
+                used.add(self._node_of(name, replica))
                 replicas[name] = replica
-                on_leader_node += node == leader_node
-            attaching.append(leader.attach_replicas.remote(replicas, on_leader_node))
-            leaders.append(leader)
-        ray.get(attaching)
+            attaching.append(leader.attach_replicas.remote(replicas))
+        if wait:
+            ray.get(attaching, timeout=START_TIMEOUT_S)
         return leaders
 
-    def _actor(self, record: QueueRecord, partition: int, name: str, role: Role, avoid: set[str] = frozenset()) -> Any:
+    def _find(self, name: str) -> Any | None:
+        try:
+            return ray.get_actor(name, namespace=self._namespace)
+        except ValueError:
+            return None
+
+    def _node_of(self, name: str, actor: Any) -> str:
+        """The node an actor runs on (remembered: actors do not move while they live)."""
+        if name not in self._nodes:
+            try:
+                self._nodes[name] = ray.get(actor.node_id.remote(), timeout=PROBE_TIMEOUT_S)
+            except (RayActorError, GetTimeoutError):
+                return ""
+        return self._nodes[name]
+
+    def _actor(self, record: QueueRecord, partition: int, name: str, role: Role, node: str | None = None) -> Any:
         options: dict[str, Any] = dict(
             name=name,
             namespace=self._namespace,
@@ -72,7 +92,6 @@ class RayLauncher:
             max_restarts=-1 if record.config.replicas == 0 else 0,
             num_cpus=0,
         )
-        node = _pick_node(avoid) if avoid else None
         if node is not None:
             # Hard affinity: Ray's soft affinity was seen to place actors elsewhere while
             # the node had room. With no other node, replicas share the leader's (and
@@ -82,18 +101,21 @@ class RayLauncher:
             record.config, partition, self._storage, self._storage_options, role, self._namespace
         )
 
-    def is_dead(self, name: str) -> bool:
-        try:
-            actor = ray.get_actor(name, namespace=self._namespace)
-        except ValueError:
-            return True  # no live actor holds the name
-        try:
-            ray.get(actor.ready.remote(), timeout=PROBE_TIMEOUT_S)
-        except (ActorUnavailableError, GetTimeoutError):
-            return False  # restarting, or slow
-        except RayActorError:
-            return True
-        return False
+    def dead(self, names: list[str]) -> set[str]:
+        found = {name: self._find(name) for name in names}
+        dead = {name for name, actor in found.items() if actor is None}  # no live actor holds the name
+        probes = {actor.ready.remote(): name for name, actor in found.items() if actor is not None}
+        ready, _slow = ray.wait(list(probes), num_returns=len(probes), timeout=PROBE_TIMEOUT_S) if probes else ([], [])
+        for probe in ready:
+            try:
+                ray.get(probe)
+            except ActorUnavailableError:
+                pass  # restarting
+            except RayActorError:
+                dead.add(probes[probe])
+        for name in dead:
+            self._nodes.pop(name, None)
+        return dead
 
     def promote(self, record: QueueRecord, partition: int, name: str) -> None:
         ray.get(ray.get_actor(name, namespace=self._namespace).promote.remote(), timeout=PROMOTE_TIMEOUT_S)
@@ -106,10 +128,10 @@ class RayLauncher:
             return []
 
     def kill(self, name: str) -> None:
-        try:
-            ray.kill(ray.get_actor(name, namespace=self._namespace), no_restart=True)
-        except ValueError:
-            pass  # never started, or already gone
+        actor = self._find(name)
+        if actor is not None:  # else never started, or already gone
+            ray.kill(actor, no_restart=True)
+        self._nodes.pop(name, None)
 
     def stop(self, record: QueueRecord) -> None:
         for placement in record.placements:

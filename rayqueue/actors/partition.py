@@ -8,7 +8,6 @@ Only forwarding lives here.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any, Literal
 
 import numpy as np
@@ -78,24 +77,10 @@ class PartitionActor:
             self._lead()
         return self._leader.epoch
 
-    async def attach_replicas(self, replicas: dict[str, Any], on_leader_node: int) -> None:
-        """Replicate to these replicas from now on. Newcomers first get what is
-        acknowledged but not stored yet, so that each in-sync replica holds it all."""
-        if self._service is None or not self._config.replicas:
-            return
-        known = set(self._replicator.names())
-        unstored = self._service.unstored()
-        catch_up = [
-            call
-            for name, replica in replicas.items()
-            if name not in known
-            for call in (
-                *(replica.hold_segment.remote(batch) for batch in unstored.segments.values()),
-                *(replica.hold_deletes.remote(seq, offsets) for seq, offsets in unstored.deletes.items()),
-            )
-        ]
-        await asyncio.gather(*catch_up)
-        self._replicator.attach(replicas, on_leader_node)
+    async def attach_replicas(self, replicas: dict[str, Any]) -> None:
+        """Replicate to these replicas (by actor name) from now on; see RayReplicator."""
+        if self._service is not None and self._config.replicas:
+            await self._replicator.attach(replicas, self._service.unstored)
 
     def in_sync_replicas(self) -> list[str]:
         return self._replicator.names()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -11,25 +12,52 @@ import pyarrow as pa
 import ray
 
 from rayqueue import defaults
+from rayqueue.replication import HeldWrites
 
 log = logging.getLogger(__name__)
 
 
 class RayReplicator:
-    """Implements ``rayqueue.replication.Replicator`` over replica actors."""
+    """Implements ``rayqueue.replication.Replicator`` over replica actors.
+
+    A replica joins in two steps: from the moment it joins it receives every new
+    write, then it is given what was acknowledged before and is not stored yet;
+    only then does it count as in sync. So an in-sync replica holds every
+    acknowledged write that is not on storage.
+    """
 
     def __init__(self, queue: str, partition: int, namespace: str) -> None:
         self._queue = queue
         self._partition = partition
         self._namespace = namespace
         self._in_sync: dict[str, Any] = {}
-        self._on_leader_node = 0
+        self._joining: dict[str, Any] = {}
+        self._nodes: dict[str, str] = {}
+        self._node = ray.get_runtime_context().get_node_id()
 
-    def attach(self, replicas: dict[str, Any], on_leader_node: int) -> None:
-        """The coordinator's current replicas for this leader, by actor name. The caller
-        has given newcomers what is not stored yet, so all of them are in sync."""
-        self._in_sync = dict(replicas)
-        self._on_leader_node = on_leader_node
+    async def attach(self, replicas: dict[str, Any], unstored: Callable[[], HeldWrites]) -> None:
+        """Replicate to exactly these replicas (by actor name) from now on."""
+        for group in (self._in_sync, self._joining):
+            for name in [name for name in group if name not in replicas]:
+                del group[name]
+        newcomers = {n: r for n, r in replicas.items() if n not in self._in_sync and n not in self._joining}
+        self._joining.update(newcomers)
+        held = unstored()  # taken after joining: what comes later reaches them as it happens
+        outcomes = await asyncio.gather(
+            *(self._catch_up(name, replica, held) for name, replica in newcomers.items()), return_exceptions=True
+        )
+        failed = [name for name, outcome in zip(newcomers, outcomes) if isinstance(outcome, BaseException)]
+        for name, replica in newcomers.items():
+            if self._joining.pop(name, None) is not None and name not in failed:
+                self._in_sync[name] = replica
+        if failed:
+            self._lost(failed)
+
+    async def _catch_up(self, name: str, replica: Any, held: HeldWrites) -> None:
+        calls = [replica.hold_segment.remote(batch) for batch in held.segments.values()]
+        calls += [replica.hold_deletes.remote(seq, offsets) for seq, offsets in held.deletes.items()]
+        self._nodes[name] = await replica.node_id.remote()
+        await asyncio.gather(*calls)
 
     def names(self) -> list[str]:
         return list(self._in_sync)
@@ -41,19 +69,20 @@ class RayReplicator:
         return await self._to_all("hold_deletes", seq, offsets)
 
     def stored(self, offset_floor: int, seq_floor: int) -> None:
-        for replica in self._in_sync.values():
+        for replica in (*self._in_sync.values(), *self._joining.values()):
             replica.release.remote(offset_floor, seq_floor)
 
     def in_sync(self) -> int:
         return len(self._in_sync)
 
     def on_leader_node(self) -> int:
-        return min(self._on_leader_node, len(self._in_sync))
+        return sum(self._nodes.get(name) == self._node for name in self._in_sync)
 
     async def _to_all(self, method: str, *args: Any) -> bool:
-        if not self._in_sync:
+        """Send to every replica; True if every in-sync one took it (and there is one)."""
+        replicas = {**self._joining, **self._in_sync}
+        if not replicas:
             return False
-        replicas = dict(self._in_sync)
         outcomes = await asyncio.gather(
             *(
                 asyncio.wait_for(_await(getattr(replica, method).remote(*args)), defaults.REPLICA_TIMEOUT_S)
@@ -63,19 +92,20 @@ class RayReplicator:
         )
         failed = [name for name, outcome in zip(replicas, outcomes) if isinstance(outcome, BaseException)]
         if failed:
-            # Out of sync for good: the coordinator replaces them.
-            for name in failed:
-                self._in_sync.pop(name, None)
-            log.warning("%s partition %d: replicas %s left the in-sync set", self._queue, self._partition, failed)
-            self._tell_coordinator()
+            self._lost(failed)
         return bool(self._in_sync)
 
-    def _tell_coordinator(self) -> None:
+    def _lost(self, names: list[str]) -> None:
+        """Out of sync for good: the coordinator replaces them."""
+        for name in names:
+            self._in_sync.pop(name, None)
+            self._joining.pop(name, None)
+        log.warning("%s partition %d: replicas %s left the in-sync set", self._queue, self._partition, names)
         try:
             coordinator = ray.get_actor(defaults.COORDINATOR_NAME, namespace=self._namespace)
             coordinator.replica_lost.remote(self._queue, self._partition)
-        except Exception:  # the coordinator's health checks will find it anyway
-            log.exception("could not tell the coordinator about a lost replica")
+        except Exception:  # the coordinator's health check finds dead replicas anyway
+            log.exception("could not tell the coordinator about lost replicas")
 
 
 async def _await(ref: ray.ObjectRef) -> Any:

@@ -21,7 +21,7 @@ def run_job(script: str, *args: str, storage: Path) -> subprocess.CompletedProce
         env=env,
         capture_output=True,
         text=True,
-        timeout=240,
+        timeout=900,
     )
 
 
@@ -46,3 +46,25 @@ def test_benchmark_job_compares_with_ray_util_queue(tmp_path):
     assert {row["scenario"] for row in rows} == {"batched x1000", "one at a time"}
     assert all(row["rayqueue_msg_s"] > 0 and row["ray_queue_msg_s"] > 0 for row in rows)
     assert "ratio" in result.stdout
+
+
+def run_chaos(rounds: int, seed: int, tmp_path: Path) -> dict:
+    result = run_job(
+        "chaos.py", "--rounds", str(rounds), "--seed", str(seed), "--nodes", "3", "--interval", "1.5", "--json",
+        storage=tmp_path,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return json.loads([line for line in result.stdout.splitlines() if line.startswith("{")][-1])
+
+
+@pytest.mark.integration
+def test_chaos_short_run_loses_nothing(tmp_path):
+    summary = run_chaos(rounds=4, seed=11, tmp_path=tmp_path)
+    assert summary["acknowledged"] > 100
+    assert summary["lost"] == 0 and summary["resurrected"] == 0
+
+
+@pytest.mark.slow
+def test_chaos_long_run_loses_nothing(tmp_path):
+    summary = run_chaos(rounds=30, seed=5, tmp_path=tmp_path)
+    assert summary["lost"] == 0 and summary["resurrected"] == 0

@@ -16,23 +16,23 @@ from rayqueue.storage.partition_store import partition_prefix
 class FakeLauncher:
     """Stands in for Ray: "starts" actors as names and remembers what it was asked.
 
-    Actors named in ``dead`` are dead; the rest are alive.
+    Actors named in ``dead_actors`` are dead; the rest are alive.
     """
 
     def __init__(self) -> None:
         self.started: list[QueueRecord] = []
         self.stopped: list[QueueRecord] = []
-        self.dead: set[str] = set()
+        self.dead_actors: set[str] = set()
         self.promoted: list[str] = []
         self.killed: list[str] = []
         self.in_sync_replicas: dict[str, list[str]] = {}
 
-    def start(self, record: QueueRecord) -> list[Any]:
+    def start(self, record: QueueRecord, wait: bool = False) -> list[Any]:
         self.started.append(record)
         return [placement.leader for placement in record.placements]
 
-    def is_dead(self, name: str) -> bool:
-        return name in self.dead
+    def dead(self, names: list[str]) -> set[str]:
+        return set(names) & self.dead_actors
 
     def promote(self, record: QueueRecord, partition: int, name: str) -> None:
         self.promoted.append(name)
@@ -42,7 +42,7 @@ class FakeLauncher:
 
     def kill(self, name: str) -> None:
         self.killed.append(name)
-        self.dead.add(name)
+        self.dead_actors.add(name)
 
     def stop(self, record: QueueRecord) -> None:
         self.stopped.append(record)
@@ -254,7 +254,7 @@ def test_dead_leader_is_replaced_by_a_promoted_replica_and_a_new_replica(storage
     coord = coordinator(storage_url, launcher)
     coord.create_queue(config(replicas=2, durability="replicas"))
     before = placement_of(coord)
-    launcher.dead.add(before.leader)
+    launcher.dead_actors.add(before.leader)
 
     route = coord.report_failure("orders", 0)
 
@@ -288,7 +288,7 @@ def test_dead_leader_with_no_live_replica_gets_a_new_leader_from_storage(storage
     coord = coordinator(storage_url, launcher)
     coord.create_queue(config(replicas=1))
     before = placement_of(coord)
-    launcher.dead |= {before.leader, *before.replicas}
+    launcher.dead_actors |= {before.leader, *before.replicas}
 
     coord.check_health()
     coord.check_health()
@@ -304,7 +304,7 @@ def test_health_check_replaces_a_dead_replica(storage_url):
     coord = coordinator(storage_url, launcher)
     coord.create_queue(config(replicas=2))
     before = placement_of(coord)
-    launcher.dead.add(before.replicas[0])
+    launcher.dead_actors.add(before.replicas[0])
 
     coord.check_health()
 
