@@ -18,6 +18,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from rayqueue import defaults
 from rayqueue.actors import calls, session
@@ -26,7 +28,20 @@ from rayqueue.coordinator import Route
 from rayqueue.errors import InvalidArgument, InvalidReceipt, QueueFull
 from rayqueue.message import Message, PartitionStats, QueueStats, decode_receipt
 from rayqueue.plan import Call, Calls, FirstOf, Plan, Target
-from rayqueue.rows import Body, IdSource, check_attributes, check_text, messages_from_delivery, send_rows
+from rayqueue.log import DELIVERY_SCHEMA
+from rayqueue.rows import (
+    ArrowBodies,
+    Body,
+    IdSource,
+    check_attributes,
+    check_text,
+    delivery_table,
+    is_arrow,
+    messages_from_delivery,
+    parse_receipts,
+    send_rows,
+    send_rows_from_arrow,
+)
 
 
 def connect(
@@ -152,11 +167,18 @@ class Queue:
     ) -> str:
         return await calls.run_async(self._target, self._send_plan(body, key, attributes, message_id))
 
-    def send_batch(self, bodies: Sequence[Body]) -> list[str]:
-        """Send many messages in one call, all or nothing; return their ids once stored."""
+    def send_batch(self, bodies: Sequence[Body] | ArrowBodies) -> Any:
+        """Send many messages in one call, all or nothing; return their ids once stored.
+
+        ``bodies`` is a sequence of bytes or str (ids come back as a list), or Arrow
+        data (ids come back as an Arrow string array): a binary or string array, or
+        a table with a ``body`` column and optional ``key`` and ``attributes``
+        columns. Rows with keys go to their keys' partitions: all or nothing then
+        holds per partition.
+        """
         return calls.run(self._target, self._send_batch_plan(bodies))
 
-    async def send_batch_async(self, bodies: Sequence[Body]) -> list[str]:
+    async def send_batch_async(self, bodies: Sequence[Body] | ArrowBodies) -> Any:
         return await calls.run_async(self._target, self._send_batch_plan(bodies))
 
     def receive(
@@ -164,12 +186,27 @@ class Queue:
     ) -> list[Message]:
         """Up to ``max_messages`` visible messages, hidden from others until deleted or
         until the visibility timeout runs out. Waits up to ``wait_s`` for the first one."""
-        return calls.run(self._target, self._receive_plan(max_messages, wait_s, visibility_timeout_s))
+        return calls.run(self._target, self._messages(self._receive_plan(max_messages, wait_s, visibility_timeout_s)))
 
     async def receive_async(
         self, max_messages: int = 1, *, wait_s: float = 0.0, visibility_timeout_s: float | None = None
     ) -> list[Message]:
-        return await calls.run_async(self._target, self._receive_plan(max_messages, wait_s, visibility_timeout_s))
+        plan = self._messages(self._receive_plan(max_messages, wait_s, visibility_timeout_s))
+        return await calls.run_async(self._target, plan)
+
+    def receive_batch(
+        self, max_messages: int = 1000, *, wait_s: float = 0.0, visibility_timeout_s: float | None = None
+    ) -> pa.Table:
+        """Like ``receive``, as one Arrow table with no per-message Python objects:
+        columns id, body, receipt, receive_count, sent_at, attributes, key. Pass its
+        ``receipt`` column to ``delete_batch``."""
+        return calls.run(self._target, self._table(self._receive_plan(max_messages, wait_s, visibility_timeout_s)))
+
+    async def receive_batch_async(
+        self, max_messages: int = 1000, *, wait_s: float = 0.0, visibility_timeout_s: float | None = None
+    ) -> pa.Table:
+        plan = self._table(self._receive_plan(max_messages, wait_s, visibility_timeout_s))
+        return await calls.run_async(self._target, plan)
 
     def delete(self, receipt: str) -> None:
         """Delete a received message for good; return once the delete is stored."""
@@ -178,11 +215,12 @@ class Queue:
     async def delete_async(self, receipt: str) -> None:
         await calls.run_async(self._target, self._delete_plan([receipt]))
 
-    def delete_batch(self, receipts: Sequence[str]) -> None:
-        """Delete many messages; if any receipt is invalid, none of its partition's are deleted."""
+    def delete_batch(self, receipts: Sequence[str] | pa.Array | pa.ChunkedArray) -> None:
+        """Delete many messages (receipts as a list, or ``receive_batch``'s receipt column);
+        if any receipt is invalid, none of its partition's are deleted."""
         calls.run(self._target, self._delete_plan(receipts))
 
-    async def delete_batch_async(self, receipts: Sequence[str]) -> None:
+    async def delete_batch_async(self, receipts: Sequence[str] | pa.Array | pa.ChunkedArray) -> None:
         await calls.run_async(self._target, self._delete_plan(receipts))
 
     def change_visibility(self, receipt: str, timeout_s: float) -> None:
@@ -214,15 +252,47 @@ class Queue:
         yield from self._store(rows, pin, dedup=message_id is not None)
         return ids[0]
 
-    def _send_batch_plan(self, bodies: Sequence[Body]) -> Plan[list[str]]:
+    def _send_batch_plan(self, bodies: Sequence[Body] | ArrowBodies) -> Plan[Any]:
+        if is_arrow(bodies):
+            return (yield from self._send_arrow_plan(bodies))  # type: ignore[arg-type]
         if isinstance(bodies, (bytes, str)) or not isinstance(bodies, Sequence):
-            raise InvalidArgument(f"send_batch takes a sequence of bodies, not {type(bodies).__name__}")
+            raise InvalidArgument(f"send_batch takes a sequence of bodies or Arrow data, not {type(bodies).__name__}")
         _check_batch(len(bodies))
         if not bodies:
             return []
         ids = self._ids.take(len(bodies))
         yield from self._store(send_rows(self.config, bodies, ids), None, dedup=False)
         return ids
+
+    def _send_arrow_plan(self, data: ArrowBodies) -> Plan[pa.Array]:
+        _check_batch(len(data))
+        ids = self._ids.take_array(len(data))
+        if not len(data):
+            return ids
+        rows = send_rows_from_arrow(self.config, data, ids)
+        keys = rows.column("key")
+        if keys.null_count == len(keys) or self.config.partitions == 1:
+            yield from self._store(rows, None, dedup=False)
+            return ids
+        # Rows with a key go to their key's partition (one call each, run together);
+        # rows without one go to the next partition in turn.
+        where = self._partitions_of(keys)
+        yield Calls(
+            [
+                Call(int(p), "send", (rows.filter(pa.array(where == p)), False))
+                for p in np.unique(where)
+            ]
+        )
+        return ids
+
+    def _partitions_of(self, keys: pa.ChunkedArray) -> np.ndarray:
+        """Each row's partition: its key's, or the round robin's for rows without one.
+        Hashes each distinct key once, not each row."""
+        partitions = self.config.partitions
+        distinct = pc.unique(keys).drop_null()
+        hashed = pa.array([zlib.crc32(key.encode()) % partitions for key in distinct.to_pylist()], pa.int64())
+        where = pc.take(hashed, pc.index_in(keys, distinct)).fill_null(next(self._round_robin) % partitions)
+        return where.to_numpy()
 
     def _store(self, rows: Any, pin: str | None, dedup: bool) -> Plan[None]:
         partitions = self.config.partitions
@@ -241,7 +311,10 @@ class Queue:
                 stored += full.stored  # this partition's share is used up; try the next
         raise QueueFull(self.name, self.config.max_messages, stored, rows.num_rows)
 
-    def _receive_plan(self, max_messages: int, wait_s: float, visibility_s: float | None) -> Plan[list[Message]]:
+    def _receive_plan(
+        self, max_messages: int, wait_s: float, visibility_s: float | None
+    ) -> Plan[list[tuple[int, pa.Table]]]:
+        """Deliveries as ``(partition, delivery)`` pairs; the callers shape them."""
         _check_range("max_messages", max_messages, 1, defaults.MAX_BATCH_MESSAGES, integer=True)
         _check_range("wait_s", wait_s, 0.0, defaults.MAX_WAIT_S)
         if visibility_s is not None:
@@ -249,19 +322,23 @@ class Queue:
         partitions = self.config.partitions
         if partitions == 1:
             (delivery,) = yield Calls([Call(0, "receive", (max_messages, wait_s, visibility_s), wait_s=wait_s)])
-            return messages_from_delivery(0, delivery)
+            return [(0, delivery)]
         start = next(self._round_robin)
-        messages: list[Message] = []
+        deliveries: list[tuple[int, pa.Table]] = []
+        received = 0
         for partition in ((start + i) % partitions for i in range(partitions)):
-            (delivery,) = yield Calls([Call(partition, "receive", (max_messages - len(messages), 0.0, visibility_s))])
-            messages += messages_from_delivery(partition, delivery)
-            if len(messages) == max_messages:
+            (delivery,) = yield Calls([Call(partition, "receive", (max_messages - received, 0.0, visibility_s))])
+            deliveries.append((partition, delivery))
+            received += delivery.num_rows
+            if received == max_messages:
                 break
-        if messages or wait_s <= 0:
-            return messages
+        if received or wait_s <= 0:
+            return deliveries
         return (yield from self._long_poll(max_messages, wait_s, visibility_s))
 
-    def _long_poll(self, max_messages: int, wait_s: float, visibility_s: float | None) -> Plan[list[Message]]:
+    def _long_poll(
+        self, max_messages: int, wait_s: float, visibility_s: float | None
+    ) -> Plan[list[tuple[int, pa.Table]]]:
         # Ask every partition to tell us when it has something, then take from the first that does.
         give_up = time.monotonic() + wait_s
         while (remaining := give_up - time.monotonic()) > 0:
@@ -272,28 +349,42 @@ class Queue:
             partition = first[0]
             (delivery,) = yield Calls([Call(partition, "receive", (max_messages, 0.0, visibility_s))])
             if delivery.num_rows:
-                return messages_from_delivery(partition, delivery)
+                return [(partition, delivery)]
         return []
 
-    def _delete_plan(self, receipts: Sequence[str]) -> Plan[None]:
-        if isinstance(receipts, str) or not isinstance(receipts, Sequence):
-            raise InvalidArgument(f"delete_batch takes a sequence of receipts, not {type(receipts).__name__}")
-        _check_batch(len(receipts))
-        by_partition: dict[int, tuple[list[int], list[int], list[str]]] = {}
-        for receipt in receipts:
-            partition, offset, token = self._decode(receipt)
-            offsets, tokens, texts = by_partition.setdefault(partition, ([], [], []))
-            offsets.append(offset)
-            tokens.append(token)
-            texts.append(receipt)
-        if not by_partition:
+    def _messages(self, plan: Plan[list[tuple[int, pa.Table]]]) -> Plan[list[Message]]:
+        deliveries = yield from plan
+        return [message for partition, delivery in deliveries for message in messages_from_delivery(partition, delivery)]
+
+    def _table(self, plan: Plan[list[tuple[int, pa.Table]]]) -> Plan[pa.Table]:
+        deliveries = yield from plan
+        tables = [delivery_table(partition, delivery) for partition, delivery in deliveries]
+        return pa.concat_tables(tables) if tables else delivery_table(0, DELIVERY_SCHEMA.empty_table())
+
+    def _delete_plan(self, receipts: Sequence[str] | pa.Array | pa.ChunkedArray) -> Plan[None]:
+        if isinstance(receipts, (pa.Array, pa.ChunkedArray)):
+            column = receipts
+        elif isinstance(receipts, str) or not isinstance(receipts, Sequence):
+            raise InvalidArgument(f"delete_batch takes a sequence or Arrow column of receipts, not {type(receipts).__name__}")
+        elif not all(isinstance(receipt, str) for receipt in receipts):
+            bad = next(receipt for receipt in receipts if not isinstance(receipt, str))
+            raise InvalidReceipt(repr(bad), "a receipt is a str")
+        else:
+            column = pa.array(receipts, pa.string())
+        _check_batch(len(column))
+        if not len(column):
             return
-        yield Calls(
-            [
-                Call(partition, "delete", (np.array(offsets, np.int64), np.array(tokens, np.int64), texts))
-                for partition, (offsets, tokens, texts) in by_partition.items()
-            ]
-        )
+        partitions, offsets, tokens = parse_receipts(column)
+        if partitions.max() >= self.config.partitions:
+            bad = int(np.flatnonzero(partitions >= self.config.partitions)[0])
+            raise InvalidReceipt(str(column[bad]), f"queue {self.name!r} has no partition {partitions[bad]}")
+        if isinstance(column, pa.ChunkedArray):
+            column = column.combine_chunks()
+        calls = []
+        for partition in np.unique(partitions):
+            mine = partitions == partition
+            calls.append(Call(int(partition), "delete", (offsets[mine], tokens[mine], column.filter(pa.array(mine)))))
+        yield Calls(calls)
 
     def _visibility_plan(self, receipt: str, timeout_s: float) -> Plan[None]:
         _check_range("timeout_s", timeout_s, 0.0, defaults.MAX_VISIBILITY_TIMEOUT_S)

@@ -7,7 +7,9 @@ from dataclasses import dataclass, field
 
 from rayqueue.errors import InvalidReceipt
 
-_RECEIPT = re.compile(r"([0-9]{1,5})\.([0-9]{1,19})\.([0-9a-f]{1,16})", re.ASCII)
+#: The receipt format; shared with the vectorized parser in rayqueue.rows.
+RECEIPT_PATTERN = r"([0-9]{1,5})\.([0-9]{1,19})\.([0-9]{1,19})"
+_RECEIPT = re.compile(RECEIPT_PATTERN, re.ASCII)
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,12 +58,14 @@ class QueueStats:
 
 
 def encode_receipt(partition: int, offset: int, token: int) -> str:
-    """A receipt names where the message lives and which delivery it belongs to.
+    """A receipt names where the message lives and which delivery it belongs to:
+    ``<partition>.<offset>.<token>``, all decimal (so Arrow can build and parse
+    whole columns of them).
 
     The token is random per delivery, so a receipt cannot be guessed or reused
     after the message was delivered again.
     """
-    return f"{partition}.{offset}.{token:x}"
+    return f"{partition}.{offset}.{token}"
 
 
 def decode_receipt(receipt: object) -> tuple[int, int, int]:
@@ -71,7 +75,7 @@ def decode_receipt(receipt: object) -> tuple[int, int, int]:
     match = _RECEIPT.fullmatch(receipt)
     if match is None:
         raise InvalidReceipt(receipt, "malformed")
-    partition, offset, token = int(match[1]), int(match[2]), int(match[3], 16)
+    partition, offset, token = int(match[1]), int(match[2]), int(match[3])
     # Offsets are int64 and tokens are drawn from [1, 2**62).
     if offset >= 1 << 63 or not 0 < token < 1 << 62:
         raise InvalidReceipt(receipt, "malformed")

@@ -11,12 +11,14 @@ from collections.abc import Mapping, Sequence
 from itertools import count
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from rayqueue import defaults
 from rayqueue.config import QueueConfig
-from rayqueue.errors import InvalidArgument, MessageTooLarge
-from rayqueue.message import Message, encode_receipt
+from rayqueue.errors import InvalidArgument, InvalidReceipt, MessageTooLarge
+from rayqueue.message import RECEIPT_PATTERN, Message, decode_receipt, encode_receipt
 from rayqueue.storage.format import SEND_SCHEMA
 
 Body = bytes | bytearray | memoryview | str
@@ -29,12 +31,22 @@ class IdSource:
         self._prefix = os.urandom(8).hex()
         self._counter = count()
 
-    def take(self, n: int) -> list[str]:
+    def _reserve(self, n: int) -> int:
         start = next(self._counter)
         if n > 1:
             # Reserve the whole range at once; itertools.count has no "advance by".
             self._counter = count(start + n)
-        return [f"{self._prefix}-{i:x}" for i in range(start, start + n)]
+        return start
+
+    def take(self, n: int) -> list[str]:
+        start = self._reserve(n)
+        return [f"{self._prefix}-{i}" for i in range(start, start + n)]
+
+    def take_array(self, n: int) -> pa.StringArray:
+        """The same ids as ``take`` would give, built as one Arrow column."""
+        start = self._reserve(n)
+        numbers = pa.array(np.arange(start, start + n, dtype=np.int64)).cast(pa.string())
+        return pc.binary_join_element_wise(pa.scalar(self._prefix), numbers, "-")
 
 
 def as_bytes(body: object, index: int) -> bytes:
@@ -127,3 +139,103 @@ def messages_from_delivery(partition: int, delivery: pa.Table) -> list[Message]:
             columns["offset"], columns["id"], columns["body"], columns["key"], columns["token"], counts, sent, attribute_rows
         )
     ]
+
+
+# ------------------------------------------------------------- the Arrow bulk path
+
+ArrowBodies = pa.Array | pa.ChunkedArray | pa.Table
+_BINARY_TYPES = (pa.binary(), pa.large_binary(), pa.string(), pa.large_string())
+
+
+def is_arrow(value: object) -> bool:
+    return isinstance(value, (pa.Array, pa.ChunkedArray, pa.Table, pa.RecordBatch))
+
+
+def send_rows_from_arrow(config: QueueConfig, data: Any, ids: pa.Array) -> pa.Table:
+    """Rows for one send from Arrow data, checked column-wise: a binary or string
+    array of bodies, or a table with a ``body`` column and optional ``key`` (string)
+    and ``attributes`` (map of string to string) columns."""
+    if isinstance(data, pa.RecordBatch):
+        data = pa.Table.from_batches([data])
+    table = data if isinstance(data, pa.Table) else pa.table({"body": data})
+    if "body" not in table.column_names:
+        raise InvalidArgument(f"an Arrow table to send needs a 'body' column, not only {table.column_names}")
+    body = _column(table, "body", _BINARY_TYPES, pa.binary())
+    if body.null_count:
+        raise InvalidArgument(f"body {pc.index(pc.is_null(body), True).as_py()} is null; bodies are bytes or str")
+    sizes = pc.binary_length(body)
+    largest = pc.max(sizes).as_py() or 0
+    if largest > config.max_message_bytes:
+        index = pc.index(sizes, largest).as_py()
+        raise MessageTooLarge(config.name, largest, config.max_message_bytes, index)
+    total = pc.sum(sizes).as_py() or 0
+    if total > defaults.MAX_BATCH_BYTES:
+        raise InvalidArgument(f"a batch ({total} bytes) must hold at most {defaults.MAX_BATCH_BYTES} bytes")
+    n = table.num_rows
+    attributes_type = SEND_SCHEMA.field("attributes").type
+    key = _column(table, "key", (pa.string(), pa.large_string()), pa.string()) if "key" in table.column_names else None
+    attributes = _column(table, "attributes", (attributes_type,), attributes_type) if "attributes" in table.column_names else None
+    columns = [
+        ids,
+        body,
+        key if key is not None else pa.nulls(n, pa.string()),
+        attributes if attributes is not None else pa.nulls(n, attributes_type),
+    ]
+    return pa.Table.from_arrays(columns, schema=SEND_SCHEMA)
+
+
+def _column(table: pa.Table, name: str, accepted: tuple[pa.DataType, ...], target: pa.DataType) -> pa.ChunkedArray:
+    column = table.column(name)
+    if column.type not in accepted:
+        raise InvalidArgument(f"column {name!r} has type {column.type}; it must be one of {', '.join(map(str, accepted))}")
+    return column.cast(target)
+
+
+def delivery_table(partition: int, delivery: pa.Table) -> pa.Table:
+    """The user's view of a delivery, built column-wise: id, body, receipt,
+    receive_count, sent_at, attributes, key."""
+    offsets = delivery.column("offset").cast(pa.string())
+    tokens = delivery.column("token").cast(pa.string())
+    receipts = pc.binary_join_element_wise(pa.scalar(str(partition)), offsets, tokens, ".")
+    return pa.table(
+        {
+            "id": delivery.column("id"),
+            "body": delivery.column("body"),
+            "receipt": receipts,
+            "receive_count": delivery.column("receive_count"),
+            "sent_at": delivery.column("sent_at"),
+            "attributes": delivery.column("attributes"),
+            "key": delivery.column("key"),
+        }
+    )
+
+
+def parse_receipts(receipts: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(partitions, offsets, tokens)`` of a column of receipts, parsed column-wise;
+    raise InvalidReceipt naming the first malformed one."""
+    if isinstance(receipts, pa.ChunkedArray):
+        receipts = receipts.combine_chunks()
+    if receipts.type not in (pa.string(), pa.large_string()):
+        raise InvalidReceipt(str(receipts.type), "receipts are strings")
+    well_formed = pc.match_substring_regex(receipts, f"^{RECEIPT_PATTERN}$")
+    if receipts.null_count or not pc.all(well_formed).as_py():
+        _first_bad(receipts, well_formed)
+    try:
+        parts = pc.list_flatten(pc.split_pattern(receipts, ".")).cast(pa.uint64())
+    except pa.ArrowInvalid:  # a number too large for 64 bits
+        _first_bad(receipts, pa.array([False] * len(receipts)))
+    numbers = parts.to_numpy().reshape(-1, 3)
+    partitions, offsets, tokens = numbers[:, 0], numbers[:, 1], numbers[:, 2]
+    bad = (offsets >= 1 << 63) | (tokens == 0) | (tokens >= 1 << 62)
+    if bad.any():
+        raise InvalidReceipt(receipts[int(np.flatnonzero(bad)[0])].as_py(), "malformed")
+    return partitions.astype(np.int64), offsets.astype(np.int64), tokens.astype(np.int64)
+
+
+def _first_bad(receipts: pa.Array, well_formed: pa.Array) -> None:
+    for index, ok in enumerate(well_formed.to_pylist()):
+        if not ok:
+            decode_receipt(receipts[index].as_py())  # raises, with the reason
+    for receipt in receipts.to_pylist():
+        decode_receipt(receipt)
+    raise InvalidReceipt(repr(receipts), "malformed")

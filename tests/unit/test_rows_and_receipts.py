@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 
+import pyarrow as pa
 import pytest
 
 from rayqueue import defaults
@@ -24,7 +25,7 @@ from rayqueue.errors import (
 )
 from rayqueue.log import PartitionLog
 from rayqueue.message import decode_receipt, encode_receipt
-from rayqueue.rows import IdSource, check_attributes, check_text, messages_from_delivery, send_rows
+from rayqueue.rows import IdSource, check_attributes, check_text, messages_from_delivery, parse_receipts, send_rows
 from rayqueue.storage.format import SEND_SCHEMA
 
 CONFIG = QueueConfig.build(name="orders", max_messages=1000, max_message_bytes=8)
@@ -201,7 +202,7 @@ MALFORMED_RECEIPTS = [
     "0.0.-1",
     "0.0.0",  # tokens start at 1: 0 means "never delivered"
     f"0.{2**63}.1",
-    f"0.0.{2**62:x}",
+    f"0.0.{2**62}",  # tokens are drawn below 2**62
     f"0.{'9' * 5000}.1",
     "0.1.1\x00",
 ]
@@ -213,6 +214,24 @@ def test_malformed_receipt_is_rejected(receipt):
         decode_receipt(receipt)
 
     assert caught.value.receipt == receipt
+
+
+@pytest.mark.parametrize("receipts", [MALFORMED_RECEIPTS[i : i + 1] for i in range(len(MALFORMED_RECEIPTS))])
+def test_malformed_receipt_in_a_column_is_rejected_and_named(receipts):
+    column = pa.array(["0.1.1", *receipts, "0.2.2"], pa.string())
+
+    with pytest.raises(InvalidReceipt) as caught:
+        parse_receipts(column)
+
+    assert caught.value.receipt == receipts[0]
+
+
+def test_receipt_column_parses_like_single_receipts():
+    receipts = [encode_receipt(p, o, t) for p, o, t in [(0, 0, 1), (3, 42, 0xABCDEF), (255, 2**63 - 1, 2**62 - 1)]]
+
+    partitions, offsets, tokens = parse_receipts(pa.array(receipts))
+
+    assert list(zip(partitions, offsets, tokens)) == [decode_receipt(r) for r in receipts]
 
 
 @pytest.mark.parametrize("receipt", [None, 5, b"0.1.1", ("0", "1", "1")])
