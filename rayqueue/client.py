@@ -24,6 +24,7 @@ import pyarrow.compute as pc
 from rayqueue import defaults
 from rayqueue.actors import calls, session
 from rayqueue.config import QueueConfig, check_queue_name
+from rayqueue.consumer import BufferedConsumer
 from rayqueue.coordinator import Route
 from rayqueue.errors import InvalidArgument, InvalidReceipt, QueueFull
 from rayqueue.message import Message, PartitionStats, QueueStats, decode_receipt
@@ -232,6 +233,25 @@ class Queue:
 
     def stats(self) -> QueueStats:
         return calls.run(self._target, self._stats_plan())
+
+    def consumer(
+        self,
+        *,
+        prefetch: int = 10,
+        delete_batch: int = 10,
+        flush_interval_s: float = 0.1,
+        visibility_timeout_s: float | None = None,
+    ) -> BufferedConsumer:
+        """An opt-in consumer that prefetches ``prefetch`` messages per call and sends
+        deletes in batches; buffered deletes are durable once flushed (see
+        ``rayqueue.consumer``). Use it in a ``with`` block."""
+        return BufferedConsumer(
+            self,
+            prefetch=prefetch,
+            delete_batch=delete_batch,
+            flush_interval_s=flush_interval_s,
+            visibility_timeout_s=visibility_timeout_s,
+        )
 
     async def stats_async(self) -> QueueStats:
         return await calls.run_async(self._target, self._stats_plan())

@@ -373,3 +373,25 @@ def test_on_one_node_replicas_share_it_and_stats_say_so(client, queue_name):
 def test_durability_replicas_needs_a_replica(client, queue_name):
     with pytest.raises(InvalidArgument, match="replicas"):
         client.create_queue(queue_name, max_messages=10, max_message_bytes=100, durability="replicas")
+
+
+def test_buffered_consumer_prefetches_and_batches_deletes(queue):
+    sent = queue.send_batch([f"m{i}" for i in range(25)])
+    got = []
+    with queue.consumer(prefetch=10, delete_batch=4, flush_interval_s=60) as consumer:
+        while (message := consumer.receive()) is not None:
+            got.append(message.id)
+            consumer.delete(message.receipt)
+            if len(got) == 6:
+                stats = queue.stats()
+                assert stats.in_flight == 10 - 4  # ten fetched, one batch of four deletes flushed
+        assert got == sent
+    assert queue.stats().visible == queue.stats().in_flight == 0  # closing flushed the rest
+
+
+def test_closing_a_buffered_consumer_gives_back_unreturned_messages(queue):
+    queue.send_batch([b"a", b"b", b"c"])
+    with queue.consumer(prefetch=3) as consumer:
+        first = consumer.receive()
+        consumer.delete(first.receipt)
+    assert [m.body for m in queue.receive(10)] == [b"b", b"c"]
