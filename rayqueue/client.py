@@ -83,12 +83,15 @@ class Client:
         retention_s: float = defaults.RETENTION_S,
         durability: str = "storage",
         replicas: int = 0,
+        partition_memory_bytes: int = defaults.PARTITION_MEMORY_BYTES,
     ) -> Queue:
         """Create a queue, or return the existing one if its settings are the same.
 
         ``replicas`` replica actors per partition (on other nodes where the cluster
         has them) take over when a leader dies; with ``durability="replicas"`` a
-        send is acknowledged once they hold it, before it is stored.
+        send is acknowledged once they hold it, before it is stored. Each partition
+        keeps at most ``partition_memory_bytes`` of message data in memory; a larger
+        backlog waits on storage and is read back as consumers reach it.
         Raises ``QueueAlreadyExists`` if a queue of that name has other settings.
         """
         config = QueueConfig.build(
@@ -100,6 +103,7 @@ class Client:
             retention_s=retention_s,
             durability=durability,
             replicas=replicas,
+            partition_memory_bytes=partition_memory_bytes,
         )
         route = calls.call_coordinator(self._coordinator, "create_queue", config)
         return Queue(name, self._coordinator, route)

@@ -44,6 +44,10 @@ class QueueConfig(BaseModel):
     retention_s: float = Field(
         default=defaults.RETENTION_S, ge=defaults.MIN_RETENTION_S, le=defaults.MAX_RETENTION_S
     )
+    #: Message data each partition keeps in memory; a larger backlog waits on storage.
+    partition_memory_bytes: int = Field(
+        default=defaults.PARTITION_MEMORY_BYTES, ge=defaults.MIN_PARTITION_MEMORY_BYTES, le=64 << 30
+    )
     #: Replica actors per partition, on other nodes where the cluster has them.
     replicas: int = Field(default=0, ge=0, le=defaults.MAX_REPLICAS)
     durability: Durability = "storage"

@@ -24,6 +24,10 @@ MAX_QUEUE_MESSAGES = 10_000_000_000
 MAX_MESSAGE_BYTES_LIMIT = 16 * 1024 * 1024
 #: Most partitions one queue may have.
 MAX_PARTITIONS = 256
+#: Message data a partition keeps in memory by default, and at least; a larger
+#: backlog stays on storage and is read back a segment at a time.
+PARTITION_MEMORY_BYTES = 256 * 1024 * 1024
+MIN_PARTITION_MEMORY_BYTES = 1024 * 1024
 #: Most replica actors per partition.
 MAX_REPLICAS = 4
 #: Visibility timeout: default and upper bound, as in SQS.

@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 
 from rayqueue import defaults
 from rayqueue.config import QueueConfig
-from rayqueue.errors import MessageTooLarge, StorageUnavailable
+from rayqueue.errors import MessageTooLarge, StorageCorrupt, StorageUnavailable
 from rayqueue.group_commit import GroupCommit
 from rayqueue.log import DeleteTicket, PartitionLog
 from rayqueue.message import PartitionStats
@@ -68,6 +68,7 @@ class PartitionService:
             quota=config.partition_quota(partition),
             retention_s=config.retention_s,
             dedup_window_s=defaults.DEDUP_WINDOW_S,
+            memory_budget=config.partition_memory_bytes,
         )
         # Items are (rows, whether their ids are explicit).
         self._sends: GroupCommit[tuple[pa.Table, bool]] = GroupCommit(
@@ -94,20 +95,22 @@ class PartitionService:
         recovered = self._store.take_over()
         if held is not None:
             self._store_held(recovered, held)
-        self._log.load(recovered.segments, recovered.deleted_offsets, recovered.next_offset, self._clock())
+        now = self._clock()
+        for name, table in recovered.segments:  # read one at a time: memory stays in budget
+            self._log.load_segment(name, table, recovered.deleted_offsets, now)
+        self._log.finish_load(recovered.next_offset, now)
         self._next_delete_seq = recovered.next_delete_seq
-        self.objects_recovered = recovered.objects_read
+        self.objects_recovered = self._store.objects_read
 
     def _store_held(self, recovered: RecoveredPartition, held: HeldWrites) -> None:
         # Under this leader's epoch; a copy the old leader stored before the takeover
         # was recovered already (same first offset), one it stores later is fenced off.
-        stored = {table.column("offset")[0].as_py() for _, table in recovered.segments}
+        stored = recovered.segments.first_offsets()
         for first, batch in sorted(held.segments.items()):
             if first not in stored:
                 name = self._store.write_segment(batch)
-                recovered.segments.append((name, pa.Table.from_batches([batch])))
+                recovered.segments.add(name, pa.Table.from_batches([batch]))
                 recovered.next_offset = max(recovered.next_offset, first + batch.num_rows)
-        recovered.segments.sort(key=lambda item: item[1].column("offset")[0].as_py())
         if held.deletes:
             offsets = np.unique(np.concatenate(list(held.deletes.values())))
             self._store.write_deletes(offsets, recovered.next_delete_seq)
@@ -175,14 +178,12 @@ class PartitionService:
             first = segment.column(0)[0].as_py()
             self._unstored_segments[first] = segment
             storing = self._write(self._store.write_segment, segment, unstored=self._unstored_segments, key=first)
-            if self._replicas is not None and await self._replicas.segment(segment):
-                name = self._store.segment_name(first)
-            else:  # stored first, or no replica left in sync to hold it
-                name = await storing
+            stored = not (self._replicas is not None and await self._replicas.segment(segment))
+            name = await storing if stored else self._store.segment_name(first)
         except BaseException:
             self._log.release(count)
             raise
-        self._log.publish(segment, name, explicit_ids=any(dedup for _, dedup in items))
+        self._log.publish(segment, name, explicit_ids=any(dedup for _, dedup in items), stored=stored)
         self._metrics.sent(count, pc.sum(pc.binary_length(segment.column("body"))).as_py())
         self._report_state()
         self._notify()
@@ -207,6 +208,8 @@ class PartitionService:
                         delay = min(delay * 2, 5.0)
             finally:
                 unstored.pop(key, None)
+            if unstored is self._unstored_segments:
+                self._log.mark_stored(key)  # now its data may be evicted
             self._metrics.storage_write(time.perf_counter() - started)
             if self._replicas is not None:
                 self._replicas.stored(*self._stored_floors())
@@ -238,6 +241,7 @@ class PartitionService:
         loop = asyncio.get_running_loop()
         give_up = loop.time() + wait_s
         while True:
+            await self._read_back()
             delivery = self._log.receive(max_messages, self._clock(), visibility)
             remaining = give_up - loop.time()
             if delivery.num_rows or remaining <= 0:
@@ -247,6 +251,14 @@ class PartitionService:
                     self._report_state()
                 return delivery
             await self._wait_for_change(remaining)
+
+    async def _read_back(self) -> None:
+        """Read evicted messages back from storage as the cursor nears them."""
+        for chunk in self._log.to_load():
+            table = await asyncio.to_thread(self._store.read_segment, chunk.segment)
+            if table is None:
+                raise StorageCorrupt(chunk.segment, "a segment holding live messages is unreadable")
+            self._log.restore(chunk, table)
 
     async def wait_visible(self, wait_s: float) -> bool:
         """Whether a message is visible, waiting up to ``wait_s`` for one. Takes nothing."""

@@ -39,12 +39,17 @@ _MICROS = 1_000_000
 
 @dataclass(eq=False)
 class Chunk:
-    """The messages of one segment and their delivery state."""
+    """The messages of one segment and their delivery state.
 
-    batch: pa.RecordBatch
+    ``batch`` (the message data) may be evicted to stay within the partition's
+    memory budget, and read back from the segment later; the state stays.
+    """
+
+    batch: pa.RecordBatch | None
     #: Name of the stored segment these rows came from.
     segment: str
     first: int
+    rows: int
     sent_at: np.ndarray  # float64 seconds, non-decreasing
     sizes: np.ndarray  # int64 body bytes
     visible_at: np.ndarray = field(init=False)  # float64; inf while a delete is being stored
@@ -60,8 +65,11 @@ class Chunk:
     #: holds explicit message ids that a restarted partition must still recognise.
     dedup_until: float = 0.0
 
+    #: Whether the segment is on storage (else its data may not be evicted).
+    stored: bool = True
+
     def __post_init__(self) -> None:
-        rows = self.batch.num_rows
+        rows = self.rows
         self.visible_at = np.zeros(rows, np.float64)
         self.receive_count = np.zeros(rows, np.int32)
         self.token = np.zeros(rows, np.int64)
@@ -70,14 +78,18 @@ class Chunk:
 
     @property
     def end(self) -> int:
-        return self.first + self.batch.num_rows
+        return self.first + self.rows
+
+    @property
+    def resident_bytes(self) -> int:
+        return self.batch.nbytes if self.batch is not None else 0
 
     @classmethod
     def from_segment(cls, batch: pa.RecordBatch, segment: str) -> Chunk:
         first = batch.column(0)[0].as_py()
         sent = batch.column("sent_at").cast(pa.int64()).to_numpy() / _MICROS
         sizes = pc.binary_length(batch.column("body")).to_numpy().astype(np.int64)
-        return cls(batch=batch, segment=segment, first=first, sent_at=sent, sizes=sizes)
+        return cls(batch=batch, segment=segment, first=first, rows=batch.num_rows, sent_at=sent, sizes=sizes)
 
 
 @dataclass
@@ -105,11 +117,16 @@ class PartitionLog:
         retention_s: float,
         dedup_window_s: float,
         seed: int | None = None,
+        memory_budget: int = 1 << 62,
     ) -> None:
         self.partition = partition
         self.quota = quota
         self.retention_s = retention_s
         self.dedup_window_s = dedup_window_s
+        #: Bytes of message data the log keeps in memory; the rest waits on storage.
+        self.memory_budget = memory_budget
+        self._resident = 0
+        self._evicted = 0  # chunks whose data waits on storage
         self.next_offset = 0
         self._chunks: list[Chunk] = []
         self._firsts: list[int] = []
@@ -130,29 +147,95 @@ class PartitionLog:
 
     # ----------------------------------------------------------------- recovery
 
-    def load(self, segments: list[tuple[str, pa.Table]], deleted: np.ndarray, next_offset: int, now: float) -> None:
-        """Rebuild from stored ``(name, segment)`` pairs: every message not deleted becomes visible again."""
-        for name, table in segments:
-            for batch in table.combine_chunks().to_batches():
-                if batch.num_rows == 0:
-                    continue
-                chunk = Chunk.from_segment(batch, name)
-                rows = deleted[(deleted >= chunk.first) & (deleted < chunk.end)] - chunk.first
-                chunk.deleted[rows] = True
-                chunk.live = int(chunk.batch.num_rows - chunk.deleted.sum())
-                self._last_sent_at = max(self._last_sent_at, float(chunk.sent_at[-1]))
-                self._remember(batch.column("id").to_pylist(), float(chunk.sent_at[-1]), now)
-                if chunk.live:
-                    self._add_chunk(chunk)
-                elif chunk.sent_at[-1] + self.dedup_window_s > now:
-                    chunk.dedup_until = float(chunk.sent_at[-1]) + self.dedup_window_s
-                    self._retain(chunk)
+    def load_segment(self, name: str, table: pa.Table, deleted: np.ndarray, now: float) -> None:
+        """Recovery, one stored segment at a time (in offset order), so that memory stays
+        within budget however large the backlog: every message not deleted becomes
+        visible again. Call ``finish_load`` after the last one."""
+        for batch in table.combine_chunks().to_batches():
+            if batch.num_rows == 0:
+                continue
+            chunk = Chunk.from_segment(batch, name)
+            rows = deleted[(deleted >= chunk.first) & (deleted < chunk.end)] - chunk.first
+            chunk.deleted[rows] = True
+            chunk.live = int(chunk.rows - chunk.deleted.sum())
+            self._last_sent_at = max(self._last_sent_at, float(chunk.sent_at[-1]))
+            self._remember(batch.column("id").to_pylist(), float(chunk.sent_at[-1]), now)
+            self.next_offset = max(self.next_offset, chunk.end)
+            if chunk.live:
+                self._add_chunk(chunk)
+                self._fresh += chunk.live
+                self._evict_over_budget()
+            elif chunk.sent_at[-1] + self.dedup_window_s > now:
+                chunk.dedup_until = float(chunk.sent_at[-1]) + self.dedup_window_s
+                self._retain(chunk)
+
+    def finish_load(self, next_offset: int, now: float) -> None:
         self.next_offset = max(self.next_offset, next_offset)
         self._cursor = self._firsts[0] if self._firsts else self.next_offset
-        self._fresh = self._live
         self._expire(now)
 
+    def load(self, segments: list[tuple[str, pa.Table]], deleted: np.ndarray, next_offset: int, now: float) -> None:
+        """Rebuild from stored ``(name, segment)`` pairs (``load_segment`` for each, then
+        ``finish_load``)."""
+        for name, table in segments:
+            self.load_segment(name, table, deleted, now)
+        self.finish_load(next_offset, now)
+
+    # ------------------------------------------------------------ memory budget
+
+    def _evict_over_budget(self) -> None:
+        """Drop the data of the newest never-delivered, stored chunks until the
+        resident data fits the budget: they are read back as the cursor nears them."""
+        for chunk in reversed(self._chunks):
+            if self._resident <= self.memory_budget:
+                return
+            if chunk.first < self._cursor:
+                return  # delivered rows may be redelivered: their data stays
+            if chunk.batch is not None and chunk.stored:
+                self._resident -= chunk.resident_bytes
+                chunk.batch = None
+                self._evicted += 1
+
+    def to_load(self) -> list[Chunk]:
+        """Evicted chunks to read back now: the next one, if the cursor has reached it
+        (whatever the budget: receives must progress), and more in order while they
+        fit the budget."""
+        if not self._evicted:
+            return []
+        wanted, budget, reached = [], self.memory_budget - self._resident, True
+        for chunk in self._chunks[max(bisect.bisect_right(self._firsts, self._cursor) - 1, 0) :]:
+            if chunk.batch is not None:
+                reached = reached and chunk.end <= self._cursor  # else it has rows to deliver first
+                continue
+            size = int(chunk.sizes.sum())
+            if not reached and size > budget:
+                break
+            wanted.append(chunk)
+            budget -= size
+            reached = False
+        return wanted
+
+    def restore(self, chunk: Chunk, table: pa.Table) -> None:
+        """Give an evicted chunk its data back (read from its segment)."""
+        if chunk.batch is None:
+            batch = table.combine_chunks().to_batches()[0]
+            chunk.batch = batch.slice(chunk.first - batch.column(0)[0].as_py(), chunk.rows)
+            self._resident += chunk.resident_bytes
+            self._evicted -= 1
+
+    def mark_stored(self, first_offset: int) -> None:
+        """A segment acknowledged before it was stored is now on storage."""
+        found = self._locate(first_offset)
+        if found is not None:
+            found[0].stored = True
+            self._evict_over_budget()
+
+    @property
+    def resident_bytes(self) -> int:
+        return self._resident
+
     def _add_chunk(self, chunk: Chunk) -> None:
+        self._resident += chunk.resident_bytes
         self._chunks.append(chunk)
         self._firsts.append(chunk.first)
         self._live += chunk.live
@@ -210,18 +293,21 @@ class PartitionLog:
         columns.append(pa.array(np.full(count, micros, np.int64)).cast(SEGMENT_SCHEMA.field("sent_at").type))
         return pa.RecordBatch.from_arrays(columns, schema=SEGMENT_SCHEMA)
 
-    def publish(self, segment: pa.RecordBatch, name: str, explicit_ids: bool = False) -> None:
-        """Make a stored segment's messages receivable; consumes its reservation.
+    def publish(self, segment: pa.RecordBatch, name: str, explicit_ids: bool = False, stored: bool = True) -> None:
+        """Make a segment's messages receivable; consumes its reservation.
 
         ``explicit_ids``: the segment holds ids given by producers, which the
-        dedup window must remember even across a restart.
+        dedup window must remember even across a restart. ``stored``: it is on
+        storage already (else ``mark_stored`` says when).
         """
         self._reserved -= segment.num_rows
         self._fresh += segment.num_rows
         chunk = Chunk.from_segment(segment, name)
+        chunk.stored = stored
         if explicit_ids:
             chunk.dedup_until = float(chunk.sent_at[-1]) + self.dedup_window_s
         self._add_chunk(chunk)
+        self._evict_over_budget()
 
     # ----------------------------------------------------------------- receives
 
@@ -251,6 +337,8 @@ class PartitionLog:
         index = max(bisect.bisect_right(self._firsts, self._cursor) - 1, 0)
         while taken < wanted and self._fresh and index < len(self._chunks):
             chunk = self._chunks[index]
+            if chunk.batch is None:
+                break  # evicted: the service reads it back before the next receive
             start = max(self._cursor - chunk.first, 0)
             # Rows past the cursor were never delivered; only a restart leaves deleted ones among them.
             rows = start + np.flatnonzero(~chunk.deleted[start:])[: wanted - taken]
@@ -298,7 +386,7 @@ class PartitionLog:
         return found
 
     def _delivered_rows(self, chunk: Chunk) -> int:
-        return min(max(self._cursor - chunk.first, 0), chunk.batch.num_rows)
+        return min(max(self._cursor - chunk.first, 0), chunk.rows)
 
     # ------------------------------------------------------------------ deletes
 
@@ -328,7 +416,7 @@ class PartitionLog:
             chunk = self._chunks[index]
             picked = np.flatnonzero(where == index)
             rows = offsets[picked] - chunk.first
-            inside = rows < chunk.batch.num_rows  # else in a gap left by a failed write
+            inside = rows < chunk.rows  # else in a gap left by a failed write
             picked, rows = picked[inside], rows[inside]
             stale = ~chunk.deleted[rows] & (chunk.token[rows] != tokens[picked])
             if np.any(stale):
@@ -366,6 +454,8 @@ class PartitionLog:
 
     def _drop(self, chunk: Chunk) -> None:
         index = self._chunks.index(chunk)
+        self._resident -= chunk.resident_bytes
+        self._evicted -= chunk.batch is None
         del self._chunks[index]
         del self._firsts[index]
         self._cursor = max(self._cursor, chunk.end)

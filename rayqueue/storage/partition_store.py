@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -99,18 +100,55 @@ class Checkpoint:
         )
 
 
+class StoredSegments:
+    """A partition's segments in offset order, read one at a time as they are iterated,
+    so that recovering a backlog larger than memory never holds all of it at once.
+    Unreadable segments (torn or foreign) are skipped."""
+
+    def __init__(self, read: Callable[[str], pa.Table | None]) -> None:
+        self._read = read
+        self._entries: list[tuple[int, str, pa.Table | None]] = []
+
+    def add(self, name: str, table: pa.Table | None = None) -> None:
+        """A segment by name (read later), or with its rows at hand."""
+        self._entries.append((_parse(name)[0] or 0, name, table))
+        self._entries.sort(key=lambda entry: entry[0])
+
+    def first_offsets(self) -> set[int]:
+        return {first for first, _, _ in self._entries}
+
+    def read(self, index: int) -> pa.Table | None:
+        """Read the ``index``-th segment now and keep its rows (for the last one)."""
+        first, name, table = self._entries[index]
+        if table is None:
+            table = self._read(name)
+            self._entries[index] = (first, name, table)
+        return table
+
+    def __iter__(self) -> Iterator[tuple[str, pa.Table]]:
+        for _first, name, table in self._entries:
+            table = table if table is not None else self._read(name)
+            if table is not None and table.num_rows:
+                yield name, table
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __eq__(self, other: object) -> bool:
+        return list(self) == list(other) if isinstance(other, (list, StoredSegments)) else NotImplemented
+
+
 @dataclass
 class RecoveredPartition:
     """What a takeover found on storage, in offset order."""
 
-    segments: list[tuple[str, pa.Table]] = field(default_factory=list)
+    segments: StoredSegments
     deleted_offsets: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
     #: First offset no stored segment has used: new segments start here.
     next_offset: int = 0
     #: First delete-log sequence number not used yet.
     next_delete_seq: int = 0
     checkpoint: tuple[int, int] | None = None
-    objects_read: int = 0
 
 
 def partition_prefix(queue: str, partition: int) -> str:
@@ -123,6 +161,8 @@ class PartitionStore:
     def __init__(self, store: ObjectStore, queue: str, partition: int) -> None:
         self._store = store.child(partition_prefix(queue, partition))
         self.epoch = 0
+        #: Segments, delete logs and checkpoints read since this store was made.
+        self.objects_read = 0
 
     # ---------------------------------------------------------------- takeover
 
@@ -171,7 +211,7 @@ class PartitionStore:
 
     def _load(self) -> RecoveredPartition:
         fences = self._fences()
-        recovered = RecoveredPartition()
+        recovered = RecoveredPartition(StoredSegments(self.read_segment))
         recovered.next_offset = max((f.next_offset for f in fences), default=0)
         recovered.next_delete_seq = max((f.next_delete_seq for f in fences), default=0)
         checkpoint = self._newest_checkpoint(fences, recovered)
@@ -183,14 +223,9 @@ class PartitionStore:
                 continue
             if first < floor and name not in live:
                 continue  # every message in it was deleted
-            table = self._read(name, format.decode_segment)
-            if table is None:
-                continue
-            recovered.objects_read += 1
-            if table.num_rows:
-                recovered.segments.append((name, table))
-                recovered.next_offset = max(recovered.next_offset, table.column("offset")[-1].as_py() + 1)
+            recovered.segments.add(name)
             recovered.next_offset = max(recovered.next_offset, first)
+        recovered.next_offset = max(recovered.next_offset, self._end_of_last(recovered.segments))
         deleted = [_expand(checkpoint.deleted)] if checkpoint else []
         for name in self._store.list("deletes/"):
             seq, epoch = _parse(name)
@@ -201,11 +236,27 @@ class PartitionStore:
                 continue  # folded into the checkpoint
             offsets = self._read(name, format.decode_deletes)
             if offsets is not None:
-                recovered.objects_read += 1
+                self.objects_read += 1
                 deleted.append(offsets)
         if deleted:
             recovered.deleted_offsets = np.unique(np.concatenate(deleted))
         return recovered
+
+    def _end_of_last(self, segments: StoredSegments) -> int:
+        """One past the last offset stored: the fence must know it before the segments
+        are iterated, so the last readable one is read here (and kept)."""
+        for index in reversed(range(len(segments))):
+            table = segments.read(index)
+            if table is not None and table.num_rows:
+                return table.column("offset")[-1].as_py() + 1
+        return 0
+
+    def read_segment(self, name: str) -> pa.Table | None:
+        """One segment's rows, or None if it is unreadable (torn or foreign)."""
+        table = self._read(name, format.decode_segment)
+        if table is not None:
+            self.objects_read += 1
+        return table
 
     def _newest_checkpoint(self, fences: list[Fence], recovered: RecoveredPartition) -> Checkpoint | None:
         for name in reversed(self._store.list("checkpoints/")):
@@ -217,7 +268,7 @@ class PartitionStore:
             except (StorageCorrupt, KeyError, TypeError, ValueError, FileNotFoundError) as error:
                 log.warning("skipping checkpoint %s: %s", name, error)
                 continue
-            recovered.objects_read += 1
+            self.objects_read += 1
             recovered.checkpoint = (seq, epoch)
             recovered.next_offset = max(recovered.next_offset, checkpoint.next_offset)
             recovered.next_delete_seq = max(recovered.next_delete_seq, checkpoint.seq)
