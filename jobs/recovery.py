@@ -20,41 +20,12 @@ import json
 import sys
 import tempfile
 import time
-from collections import Counter
-from typing import Any
 
 from rayqueue.config import QueueConfig
 from rayqueue.partition import PartitionService
 from rayqueue.rows import IdSource, send_rows
-from rayqueue.storage import ObjectStore, PartitionStore
-
-
-class CountingStore(ObjectStore):
-    """Counts requests by kind, to report what a workload costs on object storage."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.requests: Counter[str] = Counter()
-
-    def put_once(self, name: str, data: bytes) -> None:
-        self.requests["put"] += 1
-        super().put_once(name, data)
-
-    def get(self, name: str) -> bytes:
-        self.requests["get"] += 1
-        return super().get(name)
-
-    def list(self, prefix: str) -> list[str]:
-        self.requests["list"] += 1
-        return super().list(prefix)
-
-    def exists(self, name: str) -> bool:
-        self.requests["head"] += 1
-        return super().exists(name)
-
-    def delete(self, names: list[str]) -> None:
-        self.requests["delete"] += len(names)
-        super().delete(names)
+from rayqueue.storage import PartitionStore
+from rayqueue.storage.counting import CountingStore
 
 
 async def fill_and_drain(service: PartitionService, config: QueueConfig, args: argparse.Namespace) -> None:
