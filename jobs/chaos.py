@@ -19,7 +19,6 @@ and checks:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import signal
@@ -37,6 +36,7 @@ import ray
 from ray.cluster_utils import Cluster
 
 import rayqueue
+from summary import print_summary
 from rayqueue.errors import RayQueueError
 
 
@@ -220,11 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         ray.shutdown()
         cluster.shutdown()
-    if args.json:
-        print(json.dumps(summary))
-    else:
-        for key, value in summary.items():
-            print(f"{key:32} {value}")
+    print_summary(summary, args.json)
     ok = summary["lost"] == 0 and summary["resurrected"] == 0
     print("OK: nothing acknowledged was lost, nothing deleted came back" if ok else "FAILED", flush=True)
     return 0 if ok else 1

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import sys
 import threading
 import time
@@ -28,6 +27,7 @@ from typing import Any
 import ray
 
 import rayqueue
+from summary import print_summary
 
 #: Seconds between progress lines.
 PROGRESS_EVERY_S = 2.0
@@ -134,15 +134,6 @@ def summarize(queue: rayqueue.Queue, tallies: list[Tally], seconds: float) -> di
         "messages_per_s": round(processed / seconds),
         "mb_per_s": round(sum(tally.bytes for tally in tallies) / seconds / 1e6, 2),
     }
-
-
-def print_summary(summary: dict[str, Any], as_json: bool) -> None:
-    if as_json:
-        print(json.dumps(summary), flush=True)
-        return
-    print("summary:")
-    for key, value in summary.items():
-        print(f"  {key:20} {value:,}" if isinstance(value, int) else f"  {key:20} {value}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:

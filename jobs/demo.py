@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import sys
 import threading
 import time
@@ -21,6 +20,7 @@ import uuid
 import ray
 
 import rayqueue
+from summary import print_summary
 
 
 @ray.remote(num_cpus=0)
@@ -107,12 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         "mb_per_s": round(len(processed) * args.size / elapsed / 1e6, 1) if elapsed > 0 else None,
     }
     client.delete_queue(queue.name)
-    if args.json:
-        print(json.dumps(summary))
-    else:
-        print("summary:")
-        for key, value in summary.items():
-            print(f"  {key:20} {value}")
+    print_summary(summary, args.json)
     ok = summary["missing"] == 0 and summary["messages_sent"] == args.messages
     print("OK: every message sent was processed" if ok else "FAILED: messages are missing", flush=True)
     return 0 if ok else 1

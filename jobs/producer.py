@@ -15,7 +15,6 @@ seconds; the summary comes last (one line of JSON with ``--json``).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import threading
 import time
@@ -27,6 +26,7 @@ import ray
 import ray.data
 
 import rayqueue
+from summary import print_summary
 from rayqueue.data import write_dataset
 
 #: Seconds between progress lines.
@@ -86,15 +86,6 @@ def produce(queue: rayqueue.Queue, args: argparse.Namespace) -> dict[str, Any]:
         "messages_per_s": round(sent / seconds) if seconds > 0 else None,
         "in_queue": queue.stats().stored,
     }
-
-
-def print_summary(summary: dict[str, Any], as_json: bool) -> None:
-    if as_json:
-        print(json.dumps(summary), flush=True)
-        return
-    print("summary:")
-    for key, value in summary.items():
-        print(f"  {key:16} {value:,}" if isinstance(value, int) else f"  {key:16} {value}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:

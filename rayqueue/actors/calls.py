@@ -17,7 +17,7 @@ from ray.exceptions import GetTimeoutError, ObjectLostError, RayActorError, RayT
 
 from rayqueue import defaults
 from rayqueue.errors import PartitionUnavailable, RayQueueError
-from rayqueue.plan import Call, Calls, FirstOf, Plan, Step, T, Target
+from rayqueue.plan import Call, FirstOf, Plan, Step, T, Target
 
 #: Errors after which the same call may succeed once the actor is back.
 _RETRYABLE = (RayActorError, ObjectLostError, GetTimeoutError)
