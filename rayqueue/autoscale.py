@@ -64,7 +64,8 @@ def decide(
     if current < floor_ or current > ceiling:
         return min(max(current, floor_), ceiling)  # settings changed: obey them at once
     window = [sample for sample in history if sample.at >= now - policy.window_s]
-    covered = window and window[0].at <= now - policy.window_s * 0.8
+    # Decide only on a history that spans (most of) the window.
+    covered = bool(window) and history[0].at <= now - policy.window_s * 0.8
     if now - last_change < policy.cooldown_s or not covered:
         return current
     needs = [partitions_needed(sample, policy) for sample in window]

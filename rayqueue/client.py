@@ -26,7 +26,7 @@ from rayqueue.actors import calls, session
 from rayqueue.config import QueueConfig, check_queue_name
 from rayqueue.consumer import BufferedConsumer
 from rayqueue.coordinator import Route
-from rayqueue.errors import InvalidArgument, InvalidReceipt, QueueFull
+from rayqueue.errors import InvalidArgument, InvalidReceipt, PartitionRetired, QueueFull
 from rayqueue.message import Message, PartitionStats, QueueStats, decode_receipt
 from rayqueue.plan import Call, Calls, FirstOf, Plan, Target
 from rayqueue.log import DELIVERY_SCHEMA
@@ -84,6 +84,7 @@ class Client:
         durability: str = "storage",
         replicas: int = 0,
         partition_memory_bytes: int = defaults.PARTITION_MEMORY_BYTES,
+        **scaling: Any,
     ) -> Queue:
         """Create a queue, or return the existing one if its settings are the same.
 
@@ -92,6 +93,11 @@ class Client:
         send is acknowledged once they hold it, before it is stored. Each partition
         keeps at most ``partition_memory_bytes`` of message data in memory; a larger
         backlog waits on storage and is read back as consumers reach it.
+
+        ``scaling``: ``min_partitions`` and ``max_partitions`` let the coordinator grow
+        and shrink the queue with load, aiming at ``target_send_rate`` sends per second
+        and ``target_backlog`` stored messages per partition, deciding over
+        ``scaling_window_s`` and pausing ``scaling_cooldown_s`` after each change.
         Raises ``QueueAlreadyExists`` if a queue of that name has other settings.
         """
         config = QueueConfig.build(
@@ -104,6 +110,7 @@ class Client:
             durability=durability,
             replicas=replicas,
             partition_memory_bytes=partition_memory_bytes,
+            **scaling,
         )
         route = calls.call_coordinator(self._coordinator, "create_queue", config)
         return Queue(name, self._coordinator, route)
@@ -135,7 +142,12 @@ class Queue:
         return (Queue, (self._target.name, self._target.coordinator, self._target.route))
 
     def __repr__(self) -> str:
-        return f"Queue({self.name!r}, partitions={self.config.partitions})"
+        return f"Queue({self.name!r}, partitions={self._count})"
+
+    @property
+    def _count(self) -> int:
+        """Partitions the queue has now (scaling may change it; config says where it started)."""
+        return len(self._target.route.partitions)
 
     @property
     def name(self) -> str:
@@ -295,7 +307,7 @@ class Queue:
             return ids
         rows = send_rows_from_arrow(self.config, data, ids)
         keys = rows.column("key")
-        if keys.null_count == len(keys) or self.config.partitions == 1:
+        if keys.null_count == len(keys) or self._count == 1:
             yield from self._store(rows, None, dedup=False)
             return ids
         # Rows with a key go to their key's partition (one call each, run together);
@@ -312,19 +324,21 @@ class Queue:
     def _partitions_of(self, keys: pa.ChunkedArray) -> np.ndarray:
         """Each row's partition: its key's, or the round robin's for rows without one.
         Hashes each distinct key once, not each row."""
-        partitions = self.config.partitions
+        keyed = self.config.keyed_partitions
         distinct = pc.unique(keys).drop_null()
-        hashed = pa.array([zlib.crc32(key.encode()) % partitions for key in distinct.to_pylist()], pa.int64())
-        where = pc.take(hashed, pc.index_in(keys, distinct)).fill_null(next(self._round_robin) % partitions)
-        return where.to_numpy()
+        hashed = pa.array([zlib.crc32(key.encode()) % keyed for key in distinct.to_pylist()], pa.int64())
+        sendable = self._target.route.sendable()
+        unkeyed = sendable[next(self._round_robin) % len(sendable)]
+        return pc.take(hashed, pc.index_in(keys, distinct)).fill_null(unkeyed).to_numpy()
 
     def _store(self, rows: Any, pin: str | None, dedup: bool) -> Plan[None]:
-        partitions = self.config.partitions
         if pin is not None:
-            order = [zlib.crc32(pin.encode()) % partitions]
+            # Over the partitions that never retire: a key's messages stay in one, in order.
+            order = [zlib.crc32(pin.encode()) % self.config.keyed_partitions]
         else:
+            sendable = self._target.route.sendable()
             start = next(self._round_robin)
-            order = [(start + i) % partitions for i in range(partitions)]
+            order = [sendable[(start + i) % len(sendable)] for i in range(len(sendable))]
         # A repeat after a partition failure must not store the rows twice.
         stored = 0
         for partition in order:
@@ -333,6 +347,8 @@ class Queue:
                 return
             except QueueFull as full:
                 stored += full.stored  # this partition's share is used up; try the next
+            except PartitionRetired:
+                continue  # it stored nothing: the next one takes it (the route refreshes soon)
         raise QueueFull(self.name, self.config.max_messages, stored, rows.num_rows)
 
     def _receive_plan(
@@ -343,7 +359,7 @@ class Queue:
         _check_range("wait_s", wait_s, 0.0, defaults.MAX_WAIT_S)
         if visibility_s is not None:
             _check_range("visibility_timeout_s", visibility_s, 0.0, defaults.MAX_VISIBILITY_TIMEOUT_S)
-        partitions = self.config.partitions
+        partitions = self._count
         if partitions == 1:
             (delivery,) = yield Calls([Call(0, "receive", (max_messages, wait_s, visibility_s), wait_s=wait_s)])
             return [(0, delivery)]
@@ -351,7 +367,10 @@ class Queue:
         deliveries: list[tuple[int, pa.Table]] = []
         received = 0
         for partition in ((start + i) % partitions for i in range(partitions)):
-            (delivery,) = yield Calls([Call(partition, "receive", (max_messages - received, 0.0, visibility_s))])
+            try:
+                (delivery,) = yield Calls([Call(partition, "receive", (max_messages - received, 0.0, visibility_s))])
+            except PartitionRetired:
+                continue  # drained and gone: nothing to receive there
             deliveries.append((partition, delivery))
             received += delivery.num_rows
             if received == max_messages:
@@ -366,12 +385,15 @@ class Queue:
         # Ask every partition to tell us when it has something, then take from the first that does.
         give_up = time.monotonic() + wait_s
         while (remaining := give_up - time.monotonic()) > 0:
-            probes = [Call(p, "wait_visible", (remaining,), wait_s=remaining) for p in range(self.config.partitions)]
+            probes = [Call(p, "wait_visible", (remaining,), wait_s=remaining) for p in range(self._count)]
             first = yield FirstOf(probes, remaining)
             if first is None or not first[1]:
                 continue
             partition = first[0]
-            (delivery,) = yield Calls([Call(partition, "receive", (max_messages, 0.0, visibility_s))])
+            try:
+                (delivery,) = yield Calls([Call(partition, "receive", (max_messages, 0.0, visibility_s))])
+            except PartitionRetired:
+                continue
             if delivery.num_rows:
                 return [(partition, delivery)]
         return []
@@ -399,8 +421,8 @@ class Queue:
         if not len(column):
             return
         partitions, offsets, tokens = parse_receipts(column)
-        if partitions.max() >= self.config.partitions:
-            bad = int(np.flatnonzero(partitions >= self.config.partitions)[0])
+        if partitions.max() >= self._count:
+            bad = int(np.flatnonzero(partitions >= self._count)[0])
             raise InvalidReceipt(str(column[bad]), f"queue {self.name!r} has no partition {partitions[bad]}")
         if isinstance(column, pa.ChunkedArray):
             column = column.combine_chunks()
@@ -417,7 +439,7 @@ class Queue:
 
     def _stats_plan(self) -> Plan[QueueStats]:
         parts: list[PartitionStats] = yield Calls(
-            [Call(partition, "stats", ()) for partition in range(self.config.partitions)]
+            [Call(partition, "stats", ()) for partition in range(self._count)]
         )
         return QueueStats(
             name=self.name,
@@ -429,7 +451,7 @@ class Queue:
 
     def _decode(self, receipt: str) -> tuple[int, int, int]:
         partition, offset, token = decode_receipt(receipt)
-        if partition >= self.config.partitions:
+        if partition >= self._count:
             raise InvalidReceipt(receipt, f"queue {self.name!r} has no partition {partition}")
         return partition, offset, token
 

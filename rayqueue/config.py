@@ -37,7 +37,19 @@ class QueueConfig(BaseModel):
     max_messages: int = Field(ge=1, le=defaults.MAX_QUEUE_MESSAGES)
     #: Longest body accepted; longer ones are refused with MessageTooLarge.
     max_message_bytes: int = Field(ge=1, le=defaults.MAX_MESSAGE_BYTES_LIMIT)
+    #: Partitions to start with (and always, unless min_partitions/max_partitions let it change).
     partitions: int = Field(default=1, ge=1, le=defaults.MAX_PARTITIONS)
+    #: The coordinator grows and shrinks the queue between these with load (None: ``partitions``).
+    #: Keys and message ids are spread over ``min_partitions`` only: those never retire, so a
+    #: key's messages stay in one partition, in order, whatever the scaling does.
+    min_partitions: int | None = Field(default=None, ge=1, le=defaults.MAX_PARTITIONS)
+    max_partitions: int | None = Field(default=None, ge=1, le=defaults.MAX_PARTITIONS)
+    #: Load one partition is meant to carry: sends per second, and messages stored.
+    target_send_rate: float = Field(default=defaults.TARGET_SEND_RATE, gt=0)
+    target_backlog: int = Field(default=defaults.TARGET_BACKLOG, ge=1)
+    #: History a scaling decision looks at, and the pause after each change.
+    scaling_window_s: float = Field(default=defaults.SCALING_WINDOW_S, ge=1.0, le=3600.0)
+    scaling_cooldown_s: float = Field(default=defaults.SCALING_COOLDOWN_S, ge=0.0, le=86400.0)
     visibility_timeout_s: float = Field(
         default=defaults.VISIBILITY_TIMEOUT_S, ge=0.0, le=defaults.MAX_VISIBILITY_TIMEOUT_S
     )
@@ -57,6 +69,34 @@ class QueueConfig(BaseModel):
     def _valid_name(cls, name: str) -> str:
         return check_queue_name(name)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _fixed_unless_told(cls, settings: Any) -> Any:
+        if isinstance(settings, dict):
+            partitions = settings.get("partitions", 1)
+            for bound in ("min_partitions", "max_partitions"):
+                if settings.get(bound) is None:
+                    settings = {**settings, bound: partitions}
+        return settings
+
+    @model_validator(mode="after")
+    def _partition_bounds(self) -> QueueConfig:
+        if not self.min_partitions <= self.partitions <= self.max_partitions:  # type: ignore[operator]
+            raise ValueError(
+                f"partitions must lie within min_partitions and max_partitions: "
+                f"{self.min_partitions} <= {self.partitions} <= {self.max_partitions} does not hold"
+            )
+        return self
+
+    @property
+    def scales(self) -> bool:
+        return self.min_partitions != self.max_partitions
+
+    @property
+    def keyed_partitions(self) -> int:
+        """Partitions that keys and message ids are spread over: those that never retire."""
+        return self.min_partitions  # type: ignore[return-value]
+
     @model_validator(mode="after")
     def _replicas_for_durability(self) -> QueueConfig:
         if self.durability == "replicas" and self.replicas < 1:
@@ -72,15 +112,21 @@ class QueueConfig(BaseModel):
         except pydantic.ValidationError as error:
             raise InvalidArgument(describe_validation_error(error)) from None
 
-    def partition_quota(self, partition: int) -> int:
-        """This partition's share of ``max_messages``; the shares add up to it exactly."""
-        share, remainder = divmod(self.max_messages, self.partitions)
+    def partition_quota(self, partition: int, count: int | None = None) -> int:
+        """This partition's share of ``max_messages`` among ``count`` partitions (by
+        default ``partitions``); the shares add up to it exactly."""
+        share, remainder = divmod(self.max_messages, count or self.partitions)
         return share + (1 if partition < remainder else 0)
 
     def differences(self, other: QueueConfig) -> dict[str, tuple[Any, Any]]:
         """Settings that differ, as ``{field: (self's value, other's value)}``."""
         mine, theirs = self.model_dump(), other.model_dump()
-        return {key: (mine[key], theirs[key]) for key in mine if mine[key] != theirs[key]}
+        differing = {key: (mine[key], theirs[key]) for key in mine if mine[key] != theirs[key]}
+        if not self.scales and not other.scales:
+            # Bounds that only follow ``partitions`` would just repeat its difference.
+            differing.pop("min_partitions", None)
+            differing.pop("max_partitions", None)
+        return differing
 
 
 def describe_validation_error(error: pydantic.ValidationError) -> str:

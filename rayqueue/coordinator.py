@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from rayqueue import defaults
+from rayqueue.autoscale import LoadSample, ScalingPolicy, decide
 from rayqueue.config import QueueConfig
 from rayqueue.errors import ObjectExists, QueueAlreadyExists, QueueNotFound, RayQueueError
 from rayqueue.storage import CatalogStore, ObjectStore
@@ -56,6 +60,8 @@ class QueueRecord:
     uid: str
     placements: tuple[Placement, ...] = ()
     created_at: float = field(default_factory=time.time)
+    #: Partitions being retired by scaling in: no more sends, removed once drained.
+    retiring: tuple[int, ...] = ()
 
     @classmethod
     def new(cls, config: QueueConfig) -> QueueRecord:
@@ -73,12 +79,21 @@ class QueueRecord:
             "uid": self.uid,
             "placements": [placement.to_json() for placement in self.placements],
             "created_at": self.created_at,
+            "retiring": list(self.retiring),
         }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> QueueRecord:
         placements = tuple(Placement.from_json(p) for p in data["placements"])
-        return cls(QueueConfig(**data["config"]), data["uid"], placements, data["created_at"])
+        retiring = tuple(data.get("retiring", ()))
+        return cls(QueueConfig(**data["config"]), data["uid"], placements, data["created_at"], retiring)
+
+    def placement_for(self, partition: int, generation: int = 0) -> Placement:
+        """A new partition's placement: a leader and its replicas, all new names."""
+        names = [
+            actor_name(self.config.name, self.uid, partition, generation + i) for i in range(1 + self.config.replicas)
+        ]
+        return Placement(names[0], tuple(names[1:]), generation + len(names))
 
     def with_placement(self, partition: int, placement: Placement) -> QueueRecord:
         placements = list(self.placements)
@@ -93,6 +108,42 @@ class Route:
     config: QueueConfig
     uid: str
     partitions: tuple[Any, ...]
+    #: Partitions being retired: receive from them, send elsewhere.
+    retiring: frozenset[int] = frozenset()
+
+    def sendable(self) -> list[int]:
+        return [p for p in range(len(self.partitions)) if p not in self.retiring]
+
+
+def policy_of(config: QueueConfig) -> ScalingPolicy:
+    return ScalingPolicy(
+        min_partitions=config.min_partitions or config.partitions,
+        max_partitions=config.max_partitions or config.partitions,
+        target_send_rate=config.target_send_rate,
+        target_backlog=config.target_backlog,
+        window_s=config.scaling_window_s,
+        cooldown_s=config.scaling_cooldown_s,
+    )
+
+
+@dataclass
+class Scaling:
+    """A queue's recent load, as the coordinator samples it."""
+
+    history: deque[LoadSample] = field(default_factory=lambda: deque(maxlen=1000))
+    last_change: float = -math.inf
+    retired_at: dict[int, float] = field(default_factory=dict)
+    _sent: dict[int, int] = field(default_factory=dict)
+    _at: float | None = None
+
+    def observe(self, now: float, stats: list[Any]) -> None:
+        sent = {s.partition: s.sent_total for s in stats}
+        if self._at is not None and now > self._at:
+            # A restarted leader counts from zero again: count what it sent since.
+            delta = sum(n - self._sent.get(p, 0) if n >= self._sent.get(p, 0) else n for p, n in sent.items())
+            backlog = sum(s.visible + s.in_flight for s in stats)
+            self.history.append(LoadSample(now, delta / (now - self._at), backlog))
+        self._sent, self._at = sent, now
 
 
 class PartitionLauncher(Protocol):
@@ -115,6 +166,12 @@ class PartitionLauncher(Protocol):
     def stop(self, record: QueueRecord) -> None:
         """Stop every actor of the queue, for good."""
 
+    def partition_stats(self, leaders: list[str]) -> list[Any]:
+        """Each leader's PartitionStats (None where it did not answer)."""
+
+    def set_scaling(self, leader: str, retiring: bool, partitions: int) -> None:
+        """Tell a leader whether it is retiring and how many partitions the queue has."""
+
 
 class Coordinator:
     def __init__(self, store: ObjectStore, launcher: PartitionLauncher) -> None:
@@ -127,6 +184,7 @@ class Coordinator:
         self._routes: dict[str, Route] = {}
         #: Time each failover took, from its start to the new leader serving (for reports).
         self.failover_seconds: list[float] = []
+        self._scaling: dict[str, Scaling] = {}
 
     @property
     def storage_url(self) -> str:
@@ -167,7 +225,11 @@ class Coordinator:
                 if placement.leader in dead and any(replica not in dead for replica in placement.replicas):
                     self._fail_over(name, partition, dead)
             record = self._queues[name]
-            route = Route(record.config, record.uid, tuple(self._launcher.start(record, wait)))
+            leaders = tuple(self._launcher.start(record, wait))
+            if record.config.scales:  # a (re)started leader learns its share and state
+                for partition, placement in enumerate(record.placements):
+                    self._launcher.set_scaling(placement.leader, partition in record.retiring, len(record.placements))
+            route = Route(record.config, record.uid, leaders, frozenset(record.retiring))
             self._routes[name] = route
         return route
 
@@ -284,6 +346,96 @@ class Coordinator:
         self._routes.pop(name, None)
         if name in self._queues:
             self.route(name)  # starts the new actors and wires replicas to the leader
+
+    # ------------------------------------------------------------------- scaling
+
+    def autoscale(self, now: float) -> None:
+        """Sample the load of every queue that may scale, and grow or shrink it as the
+        policy says; finish retiring partitions that have drained."""
+        for name in list(self._routes):
+            record = self._queues.get(name)
+            if record is None or not record.config.scales:
+                continue
+            state = self._scaling.setdefault(name, Scaling())
+            stats = self._launcher.partition_stats([p.leader for p in record.placements])
+            if any(s is None for s in stats):
+                continue  # a partition is failing over: decide later
+            state.observe(now, stats)
+            self._remove_drained(name, stats, now, state)
+            record = self._queues[name]
+            active = len(record.placements) - len(record.retiring)
+            wanted = decide(state.history, active, policy_of(record.config), now, state.last_change)
+            if wanted > active:
+                self._grow(name, wanted)
+            elif wanted < active:
+                self._retire(name, now)
+            if wanted != active:
+                state.last_change = now
+
+    def _grow(self, name: str, wanted: int) -> None:
+        """Take back retiring partitions first (highest first), then add new ones."""
+
+        def grow(queues: dict[str, QueueRecord]) -> dict[str, QueueRecord]:
+            record = queues[name]
+            retiring = list(record.retiring)
+            placements = list(record.placements)
+            while len(placements) - len(retiring) < wanted:
+                if retiring:
+                    retiring.remove(max(retiring))
+                else:
+                    placements.append(record.placement_for(len(placements)))
+            updated = dataclasses.replace(record, placements=tuple(placements), retiring=tuple(retiring))
+            return {**queues, name: updated}
+
+        self._change(grow)
+        self._rescaled(name)
+
+    def _retire(self, name: str, now: float) -> None:
+        """Stop sends to the highest active partition; it goes once drained."""
+        record = self._queues[name]
+        victim = max(p for p in range(len(record.placements)) if p not in record.retiring)
+
+        def retire(queues: dict[str, QueueRecord]) -> dict[str, QueueRecord]:
+            current = queues[name]
+            return {**queues, name: dataclasses.replace(current, retiring=(*current.retiring, victim))}
+
+        self._change(retire)
+        self._scaling[name].retired_at[victim] = now
+        self._rescaled(name)
+
+    def _remove_drained(self, name: str, stats: list[Any], now: float, state: Scaling) -> None:
+        """Remove the highest partitions once retired and drained (and stale handles had
+        time to learn they retire)."""
+        record = self._queues[name]
+        last, removed = len(record.placements) - 1, False
+        while (
+            last in record.retiring
+            and stats[last].visible + stats[last].in_flight == 0
+            and now - state.retired_at.get(last, now) >= 2 * defaults.ROUTE_TTL_S
+        ):
+            placement = record.placements[last]
+
+            def remove(queues: dict[str, QueueRecord], last: int = last) -> dict[str, QueueRecord]:
+                current = queues[name]
+                kept = dataclasses.replace(
+                    current,
+                    placements=current.placements[:last],
+                    retiring=tuple(p for p in current.retiring if p != last),
+                )
+                return {**queues, name: kept}
+
+            self._change(remove)
+            for actor in (placement.leader, *placement.replicas):
+                self._launcher.kill(actor)
+            self._store.delete_prefix(f"{_queue_prefix(name)}/{last}")
+            log.warning("queue %s: partition %d retired", name, last)
+            record, last, removed = self._queues[name], last - 1, True
+        if removed:
+            self._rescaled(name)
+
+    def _rescaled(self, name: str) -> None:
+        self._routes.pop(name, None)
+        self.route(name)  # starts new partitions, tells every leader its state and share
 
     # ------------------------------------------------------------------- storage
 

@@ -28,6 +28,15 @@ MAX_PARTITIONS = 256
 #: backlog stays on storage and is read back a segment at a time.
 PARTITION_MEMORY_BYTES = 256 * 1024 * 1024
 MIN_PARTITION_MEMORY_BYTES = 1024 * 1024
+#: Scaling: the load one partition is meant to carry, the history a decision looks
+#: at, and the pause after each change (see rayqueue.autoscale).
+TARGET_SEND_RATE = 5_000.0
+TARGET_BACKLOG = 100_000
+SCALING_WINDOW_S = 30.0
+SCALING_COOLDOWN_S = 60.0
+#: How long a handle uses a route before asking the coordinator for a fresh one,
+#: and so how long a retired partition waits for stale handles before it goes.
+ROUTE_TTL_S = 2.0
 #: Most replica actors per partition.
 MAX_REPLICAS = 4
 #: Visibility timeout: default and upper bound, as in SQS.

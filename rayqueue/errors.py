@@ -149,6 +149,14 @@ class PartitionFenced(RayQueueError):
         )
 
 
+class PartitionRetired(RayQueueError):
+    """The partition is being retired by scaling in: it takes no more sends (nothing
+    was stored); its messages can still be received and deleted."""
+
+    def __init__(self, queue: str, partition: int) -> None:
+        super().__init__(f"partition {partition} of queue {queue!r} is retiring", queue=queue, partition=partition)
+
+
 class PartitionUnavailable(RayQueueError):
     """A partition did not answer within the bounded retry time."""
 
@@ -167,6 +175,7 @@ __all__ = [
     "MessageTooLarge",
     "ObjectExists",
     "PartitionFenced",
+    "PartitionRetired",
     "PartitionUnavailable",
     "QueueAlreadyExists",
     "QueueFull",

@@ -37,6 +37,10 @@ class PartitionStats:
     replicas_in_sync: int = 0
     #: Of those, how many share the leader's node (the cluster had no other).
     replicas_on_leader_node: int = 0
+    #: Messages stored by sends since the partition's leader started (for rates).
+    sent_total: int = 0
+    #: Scaling in: the partition takes no more sends and goes once drained.
+    retiring: bool = False
 
 
 @dataclass(frozen=True, slots=True)

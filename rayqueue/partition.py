@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 
 from rayqueue import defaults
 from rayqueue.config import QueueConfig
-from rayqueue.errors import MessageTooLarge, StorageCorrupt, StorageUnavailable
+from rayqueue.errors import MessageTooLarge, PartitionRetired, StorageCorrupt, StorageUnavailable
 from rayqueue.group_commit import GroupCommit
 from rayqueue.log import DeleteTicket, PartitionLog
 from rayqueue.message import PartitionStats
@@ -83,6 +83,9 @@ class PartitionService:
         self._since_checkpoint = 0
         self._checkpointing: asyncio.Task[None] | None = None
         self._pending_ids: dict[str, asyncio.Future[None]] = {}
+        self._sent_total = 0
+        #: Scaling in: refuse sends, keep serving receives and deletes.
+        self.retiring = False
         self._changed = asyncio.Event()
         self.objects_recovered = 0
 
@@ -129,6 +132,8 @@ class PartitionService:
         With ``dedup``, rows whose id was sent in the dedup window are skipped
         (and the call waits for them if they are still being stored).
         """
+        if self.retiring:
+            raise PartitionRetired(self.config.name, self.partition)
         self._check_sizes(rows)
         earlier: list[asyncio.Future[None]] = []
         fresh_ids: list[str] = []
@@ -184,6 +189,7 @@ class PartitionService:
             self._log.release(count)
             raise
         self._log.publish(segment, name, explicit_ids=any(dedup for _, dedup in items), stored=stored)
+        self._sent_total += count
         self._metrics.sent(count, pc.sum(pc.binary_length(segment.column("body"))).as_py())
         self._report_state()
         self._notify()
@@ -353,7 +359,13 @@ class PartitionService:
             stats.stored_bytes,
             replicas_in_sync=self._replicator.in_sync() if self._replicator else 0,
             replicas_on_leader_node=self._replicator.on_leader_node() if self._replicator else 0,
+            sent_total=self._sent_total,
+            retiring=self.retiring,
         )
+
+    def set_partition_count(self, count: int) -> None:
+        """The queue now has ``count`` partitions: take this partition's share of max_messages."""
+        self._log.quota = self.config.partition_quota(self.partition, count)
 
     def _report_state(self) -> None:
         # Counting in-flight messages scans the log: at most once a second.

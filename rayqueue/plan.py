@@ -11,9 +11,11 @@ plans hold only the queue's own rules.
 from __future__ import annotations
 
 from collections.abc import Generator
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import Any, TypeVar, Union
 
+from rayqueue import defaults
 from rayqueue.coordinator import Route
 
 T = TypeVar("T")
@@ -59,3 +61,11 @@ class Target:
     name: str
     coordinator: Any
     route: Route
+    fetched_at: float = field(default_factory=time.monotonic)
+
+    def set_route(self, route: Route) -> None:
+        self.route, self.fetched_at = route, time.monotonic()
+
+    def stale(self) -> bool:
+        """A queue that scales changes its partitions: its route is re-read now and then."""
+        return self.route.config.scales and time.monotonic() - self.fetched_at > defaults.ROUTE_TTL_S

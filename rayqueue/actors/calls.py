@@ -16,7 +16,7 @@ import ray
 from ray.exceptions import GetTimeoutError, ObjectLostError, RayActorError, RayTaskError, TaskCancelledError
 
 from rayqueue import defaults
-from rayqueue.errors import PartitionUnavailable, RayQueueError
+from rayqueue.errors import PartitionRetired, PartitionUnavailable, RayQueueError
 from rayqueue.plan import Call, FirstOf, Plan, Step, T, Target
 
 #: Errors after which the same call may succeed once the actor is back.
@@ -33,6 +33,9 @@ def unwrap(error: RayTaskError) -> BaseException:
 
 
 def _submit(target: Target, call: Call, retry: bool) -> ray.ObjectRef:
+    if call.partition >= len(target.route.partitions):
+        # Scaling in removed it (drained) since the plan chose it.
+        raise PartitionRetired(target.name, call.partition)
     actor = target.route.partitions[call.partition]
     args = call.retry_args if retry and call.retry_args is not None else call.args
     return getattr(actor, call.method).remote(*args)
@@ -63,6 +66,8 @@ def _timeout(call: Call) -> float:
 
 def run(target: Target, plan: Plan[T]) -> T:
     """Run a plan with blocking calls."""
+    if target.stale():
+        target.set_route(call_coordinator(target.coordinator, "route", target.name))
     outcome = _send(plan, None)
     while not isinstance(outcome, _Done):
         try:
@@ -119,7 +124,7 @@ def _first_of(target: Target, step: FirstOf) -> tuple[int, Any] | None:
 
 def report_failure(target: Target, partition: int) -> None:
     """Tell the coordinator (which fails over a dead leader) and take its fresh route."""
-    target.route = call_coordinator(target.coordinator, "report_failure", target.name, partition)
+    target.set_route(call_coordinator(target.coordinator, "report_failure", target.name, partition))
 
 
 def call_coordinator(coordinator: Any, method: str, *args: Any) -> Any:
@@ -143,6 +148,8 @@ def call_coordinator(coordinator: Any, method: str, *args: Any) -> Any:
 
 async def run_async(target: Target, plan: Plan[T]) -> T:
     """Run a plan without blocking the event loop."""
+    if target.stale():
+        target.set_route(await call_coordinator_async(target.coordinator, "route", target.name))
     outcome = _send(plan, None)
     while not isinstance(outcome, _Done):
         try:
@@ -211,7 +218,7 @@ async def _first_of_async(target: Target, step: FirstOf) -> tuple[int, Any] | No
 
 
 async def report_failure_async(target: Target, partition: int) -> None:
-    target.route = await call_coordinator_async(target.coordinator, "report_failure", target.name, partition)
+    target.set_route(await call_coordinator_async(target.coordinator, "report_failure", target.name, partition))
 
 
 async def call_coordinator_async(coordinator: Any, method: str, *args: Any) -> Any:

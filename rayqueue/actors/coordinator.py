@@ -127,6 +127,25 @@ class RayLauncher:
         except (ValueError, RayActorError, GetTimeoutError):
             return []
 
+    def partition_stats(self, leaders: list[str]) -> list[Any]:
+        actors = [self._find(name) for name in leaders]
+        refs = [actor.stats.remote() if actor is not None else None for actor in actors]
+        out = []
+        for ref in refs:
+            try:
+                out.append(ray.get(ref, timeout=PROBE_TIMEOUT_S) if ref is not None else None)
+            except (RayActorError, GetTimeoutError):
+                out.append(None)
+        return out
+
+    def set_scaling(self, leader: str, retiring: bool, partitions: int) -> None:
+        actor = self._find(leader)
+        try:
+            if actor is not None:
+                ray.get(actor.set_scaling.remote(retiring, partitions), timeout=PROBE_TIMEOUT_S)
+        except Exception:  # a failing leader: failover, then the next route, tells its successor
+            log.exception("could not tell %s its scaling state", leader)
+
     def kill(self, name: str) -> None:
         actor = self._find(name)
         if actor is not None:  # else never started, or already gone
@@ -161,8 +180,9 @@ class CoordinatorActor:
             try:
                 with self._lock:
                     self._coordinator.check_health()
+                    self._coordinator.autoscale(time.time())
             except Exception:
-                log.exception("health check failed; retrying")
+                log.exception("health check or scaling failed; retrying")
 
     def storage_url(self) -> str:
         return self._coordinator.storage_url

@@ -82,6 +82,11 @@ class PartitionActor:
         if self._service is not None and self._config.replicas:
             await self._replicator.attach(replicas, self._service.unstored)
 
+    def set_scaling(self, retiring: bool, partitions: int) -> None:
+        """Scaling: whether this partition is retiring, and how many the queue has now."""
+        self._leader.retiring = retiring
+        self._leader.set_partition_count(partitions)
+
     def in_sync_replicas(self) -> list[str]:
         return self._replicator.names()
 

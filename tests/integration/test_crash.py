@@ -8,14 +8,23 @@ import threading
 import time
 
 import ray
+from ray.exceptions import ActorUnavailableError
 
 import rayqueue
 from rayqueue.errors import RayQueueError
 
 
 def partition_pid(queue: rayqueue.Queue) -> int:
+    """The leader's process id, once Ray has (re)started it."""
     actor = queue._target.route.partitions[0]  # the leader's actor handle
-    return ray.get(actor.__ray_call__.remote(lambda self: os.getpid()))
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            return ray.get(actor.__ray_call__.remote(lambda self: os.getpid()))
+        except ActorUnavailableError:  # still restarting after the last kill
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
 
 def test_sigkill_during_sends_and_deletes_loses_no_acknowledged_message(client, queue_name):

@@ -9,6 +9,7 @@ import pytest
 from rayqueue.config import QueueConfig
 from rayqueue.coordinator import Coordinator, QueueRecord
 from rayqueue.errors import QueueAlreadyExists, QueueNotFound, StorageUnavailable
+from rayqueue.message import PartitionStats
 from rayqueue.storage import ObjectStore, format
 from rayqueue.storage.partition_store import partition_prefix
 
@@ -26,6 +27,8 @@ class FakeLauncher:
         self.promoted: list[str] = []
         self.killed: list[str] = []
         self.in_sync_replicas: dict[str, list[str]] = {}
+        self.stats: dict[str, PartitionStats] = {}
+        self.scaling: dict[str, tuple[bool, int]] = {}
 
     def start(self, record: QueueRecord, wait: bool = False) -> list[Any]:
         self.started.append(record)
@@ -46,6 +49,12 @@ class FakeLauncher:
 
     def stop(self, record: QueueRecord) -> None:
         self.stopped.append(record)
+
+    def partition_stats(self, leaders: list[str]) -> list[Any]:
+        return [self.stats.get(leader, PartitionStats(0, 0, 0, 0)) for leader in leaders]
+
+    def set_scaling(self, leader: str, retiring: bool, partitions: int) -> None:
+        self.scaling[leader] = (retiring, partitions)
 
 
 def config(name: str = "orders", **overrides: Any) -> QueueConfig:
@@ -337,3 +346,60 @@ def test_without_replicas_a_restarting_leader_is_left_to_ray(storage_url):
     coord.report_failure("orders", 0)  # alive (Ray restarts it in place)
 
     assert placement_of(coord) == before
+
+
+# ------------------------------------------------------------------- scaling
+
+
+def scaling_config() -> QueueConfig:
+    return config(
+        partitions=1, min_partitions=1, max_partitions=3, target_send_rate=100.0, scaling_window_s=3.0,
+        scaling_cooldown_s=0.0,
+    )
+
+
+def drive(coord: Coordinator, launcher: FakeLauncher, rate: float, backlog: int, seconds: int, start: float) -> float:
+    """Every partition sends at ``rate`` and holds ``backlog``; one autoscale a second."""
+    now = start
+    for _ in range(seconds):
+        now += 1.0
+        for index, placement in enumerate(coord._queues["orders"].placements):
+            previous = launcher.stats.get(placement.leader, PartitionStats(index, 0, 0, 0))
+            launcher.stats[placement.leader] = PartitionStats(
+                index, backlog, 0, 0, sent_total=previous.sent_total + int(rate)
+            )
+        coord.autoscale(now)
+    return now
+
+
+def test_load_grows_partitions_and_idleness_retires_then_removes_them(storage_url):
+    launcher = FakeLauncher()
+    coord = coordinator(storage_url, launcher)
+    coord.create_queue(scaling_config())
+
+    now = drive(coord, launcher, rate=250, backlog=0, seconds=6, start=1000.0)
+    record = coord._queues["orders"]
+    assert len(record.placements) == 3 and record.retiring == ()
+    assert launcher.scaling[record.placements[2].leader] == (False, 3)  # each leader learns its share
+    added = {placement.leader for placement in record.placements[1:]}
+
+    now = drive(coord, launcher, rate=0, backlog=0, seconds=20, start=now)
+    record = coord._queues["orders"]
+    assert len(record.placements) == 1 and record.retiring == ()
+    assert added <= set(launcher.killed)  # retired partitions' actors are stopped
+    assert coordinator(storage_url)._queues["orders"].placements == record.placements  # and it was persisted
+
+
+def test_a_retiring_partition_with_messages_left_stays_until_drained(storage_url):
+    launcher = FakeLauncher()
+    coord = coordinator(storage_url, launcher)
+    coord.create_queue(config(partitions=2, min_partitions=1, max_partitions=2, scaling_window_s=3.0,
+                              scaling_cooldown_s=0.0))
+
+    now = drive(coord, launcher, rate=0, backlog=5, seconds=10, start=1000.0)  # 5 left in each
+    record = coord._queues["orders"]
+    assert record.retiring == (1,) and len(record.placements) == 2
+    assert launcher.scaling[record.placements[1].leader] == (True, 2)
+
+    drive(coord, launcher, rate=0, backlog=0, seconds=10, start=now)
+    assert len(coord._queues["orders"].placements) == 1
