@@ -438,9 +438,14 @@ class Queue:
         yield Calls([Call(partition, "change_visibility", (offset, token, receipt, float(timeout_s)))])
 
     def _stats_plan(self) -> Plan[QueueStats]:
-        parts: list[PartitionStats] = yield Calls(
-            [Call(partition, "stats", ()) for partition in range(self._count)]
-        )
+        while True:
+            try:
+                parts: list[PartitionStats] = yield Calls(
+                    [Call(partition, "stats", ()) for partition in range(self._count)]
+                )
+                break
+            except PartitionRetired:
+                continue  # scaling in removed one meanwhile: ask the partitions there are now
         return QueueStats(
             name=self.name,
             visible=sum(p.visible for p in parts),

@@ -37,15 +37,30 @@ def test_demo_job_moves_every_message(tmp_path):
 
 @pytest.mark.integration
 def test_benchmark_job_compares_with_ray_util_queue(tmp_path):
-    out = tmp_path / "bench.json"
-    result = run_job(
-        "bench.py", "--runs", "1", "--rounds", "2", "--single", "20", "--json", str(out), storage=tmp_path
-    )
+    out, chart = tmp_path / "bench.json", tmp_path / "bench.png"
+    result = run_job("bench.py", "--quick", "--json", str(out), "--chart", str(chart), storage=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
-    rows = json.loads(out.read_text())
-    assert {row["scenario"] for row in rows} == {"batched x1000", "one at a time"}
-    assert all(row["rayqueue_msg_s"] > 0 and row["ray_queue_msg_s"] > 0 for row in rows)
-    assert "ratio" in result.stdout
+    report = json.loads(out.read_text())
+    figures = {
+        ("batched x1000", "list"),
+        ("batched x1000", "arrow"),
+        ("one at a time", "send, receive, delete"),
+        ("one at a time", "buffered consumer"),
+        ("8 producers", "sent"),
+        ("8 producers", "moved"),
+        ("latency", "p50"),
+        ("latency", "p99"),
+    }
+    rows = report["rows"]
+    assert sorted((row["scenario"], row["variant"], row["durability"]) for row in rows) == sorted(
+        (*figure, durability) for figure in figures for durability in ("storage", "replicas")
+    )
+    assert all(row["size"] == 1024 for row in rows)
+    assert all(row["rayqueue"] > 0 and row["ray_util_queue"] > 0 and row["ratio"] > 0 for row in rows)
+    assert "ratio" in result.stdout and "ray.util.queue" in result.stdout
+    assert chart.stat().st_size > 0
+    # The job's own file:// storage is gone.
+    assert not Path(report["settings"]["storage"].removeprefix("file://")).exists()
 
 
 def run_chaos(rounds: int, seed: int, tmp_path: Path) -> dict:
@@ -68,3 +83,17 @@ def test_chaos_short_run_loses_nothing(tmp_path):
 def test_chaos_long_run_loses_nothing(tmp_path):
     summary = run_chaos(rounds=30, seed=5, tmp_path=tmp_path)
     assert summary["lost"] == 0 and summary["resurrected"] == 0
+
+
+@pytest.mark.slow
+def test_scaling_job_grows_and_shrinks_and_draws(tmp_path):
+    chart = tmp_path / "scaling.png"
+    result = run_job(
+        "scaling.py", "--peak", "1200", "--ramp-s", "20", "--hold-s", "20", "--tail-s", "40", "--target-rate", "250",
+        "--chart", str(chart), "--json", str(tmp_path / "points.json"), "--summary-json", storage=tmp_path,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    summary = json.loads([line for line in result.stdout.splitlines() if line.startswith("{")][-1])
+    assert summary["lost"] == 0 and summary["delivered_twice"] == 0
+    assert summary["most_partitions"] > 1 and summary["partitions_at_end"] == 1
+    assert chart.stat().st_size > 0
