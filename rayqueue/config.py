@@ -60,6 +60,11 @@ class QueueConfig(BaseModel):
     partition_memory_bytes: int = Field(
         default=defaults.PARTITION_MEMORY_BYTES, ge=defaults.MIN_PARTITION_MEMORY_BYTES, le=64 << 30
     )
+    #: What each partition actor asks Ray for. A custom resource that only worker node
+    #: types carry (cluster.yaml: ``rayqueue_partition``) makes Ray's autoscaler add
+    #: nodes when partitions do not fit, and remove them when partitions retire.
+    partition_num_cpus: float = Field(default=0.0, ge=0.0, le=64.0)
+    partition_resources: dict[str, float] = Field(default_factory=dict)
     #: Replica actors per partition, on other nodes where the cluster has them.
     replicas: int = Field(default=0, ge=0, le=defaults.MAX_REPLICAS)
     durability: Durability = "storage"

@@ -90,7 +90,8 @@ class RayLauncher:
             lifetime="detached",
             get_if_exists=True,
             max_restarts=-1 if record.config.replicas == 0 else 0,
-            num_cpus=0,
+            num_cpus=record.config.partition_num_cpus,
+            resources=dict(record.config.partition_resources),
         )
         if node is not None:
             # Hard affinity: Ray's soft affinity was seen to place actors elsewhere while
