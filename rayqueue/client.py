@@ -84,7 +84,7 @@ class Client:
         durability: str = "storage",
         replicas: int = 0,
         partition_memory_bytes: int = defaults.PARTITION_MEMORY_BYTES,
-        **scaling: Any,
+        **settings: Any,
     ) -> Queue:
         """Create a queue, or return the existing one if its settings are the same.
 
@@ -94,7 +94,8 @@ class Client:
         keeps at most ``partition_memory_bytes`` of message data in memory; a larger
         backlog waits on storage and is read back as consumers reach it.
 
-        ``scaling``: ``min_partitions`` and ``max_partitions`` let the coordinator grow
+        ``settings``: ``hosting="shared"`` puts the partitions in a few shared host actors
+        (for many small queues); ``min_partitions`` and ``max_partitions`` let the coordinator grow
         and shrink the queue with load, aiming at ``target_send_rate`` sends per second
         and ``target_backlog`` stored messages per partition, deciding over
         ``scaling_window_s`` and pausing ``scaling_cooldown_s`` after each change.
@@ -110,7 +111,7 @@ class Client:
             durability=durability,
             replicas=replicas,
             partition_memory_bytes=partition_memory_bytes,
-            **scaling,
+            **settings,
         )
         route = calls.call_coordinator(self._coordinator, "create_queue", config)
         return Queue(name, self._coordinator, route)

@@ -65,6 +65,9 @@ class QueueConfig(BaseModel):
     #: nodes when partitions do not fit, and remove them when partitions retire.
     partition_num_cpus: float = Field(default=0.0, ge=0.0, le=64.0)
     partition_resources: dict[str, float] = Field(default_factory=dict)
+    #: "dedicated": each partition (and replica) is an actor of its own. "shared": partitions
+    #: live in a few host actors, for many small queues (thousands fit on one node).
+    hosting: Literal["dedicated", "shared"] = "dedicated"
     #: Replica actors per partition, on other nodes where the cluster has them.
     replicas: int = Field(default=0, ge=0, le=defaults.MAX_REPLICAS)
     durability: Durability = "storage"

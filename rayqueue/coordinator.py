@@ -47,8 +47,13 @@ class Placement:
         return cls(data["leader"], tuple(data["replicas"]), data["next_generation"])
 
 
-def actor_name(queue: str, uid: str, partition: int, generation: int) -> str:
-    return f"rayqueue.{queue}.{uid}.{partition}.{generation}"
+def actor_name(queue: str, uid: str, partition: int, generation: int, shared: bool = False) -> str:
+    """A partition instance's name: its actor's, or (shared) its name inside a host actor."""
+    return f"{SHARED_PREFIX if shared else 'rayqueue.'}{queue}.{uid}.{partition}.{generation}"
+
+
+#: Names of partitions that live in shared host actors start with this.
+SHARED_PREFIX = "rayqueue-shared."
 
 
 @dataclass(frozen=True)
@@ -66,8 +71,9 @@ class QueueRecord:
     @classmethod
     def new(cls, config: QueueConfig) -> QueueRecord:
         uid = uuid.uuid4().hex[:12]
+        shared = config.hosting == "shared"
         names = [
-            [actor_name(config.name, uid, partition, generation) for generation in range(1 + config.replicas)]
+            [actor_name(config.name, uid, partition, g, shared) for g in range(1 + config.replicas)]
             for partition in range(config.partitions)
         ]
         placements = tuple(Placement(group[0], tuple(group[1:]), len(group)) for group in names)
@@ -90,8 +96,10 @@ class QueueRecord:
 
     def placement_for(self, partition: int, generation: int = 0) -> Placement:
         """A new partition's placement: a leader and its replicas, all new names."""
+        shared = self.config.hosting == "shared"
         names = [
-            actor_name(self.config.name, self.uid, partition, generation + i) for i in range(1 + self.config.replicas)
+            actor_name(self.config.name, self.uid, partition, generation + i, shared)
+            for i in range(1 + self.config.replicas)
         ]
         return Placement(names[0], tuple(names[1:]), generation + len(names))
 
@@ -314,7 +322,8 @@ class Coordinator:
             self._launcher.promote(record, partition, alive[0])
             leader, replicas = alive[0], tuple(alive[1:])
         else:
-            leader, replicas = actor_name(name, record.uid, partition, generation), ()
+            shared = record.config.hosting == "shared"
+            leader, replicas = actor_name(name, record.uid, partition, generation, shared), ()
             generation += 1
         log.warning("queue %s partition %d: leader %s is dead; %s leads now", name, partition, placement.leader, leader)
         # New replicas come with the next health check, so that handles are not kept
@@ -333,7 +342,8 @@ class Coordinator:
         """Persist a partition's new placement (topped up with new replicas), then start it."""
         record = self._queues[name]
         missing = record.config.replicas - len(replicas) if top_up else 0
-        new = tuple(actor_name(name, record.uid, partition, generation + i) for i in range(missing))
+        shared = record.config.hosting == "shared"
+        new = tuple(actor_name(name, record.uid, partition, generation + i, shared) for i in range(missing))
         placement = Placement(leader, replicas + new, generation + missing)
 
         def update(queues: dict[str, QueueRecord]) -> dict[str, QueueRecord] | None:

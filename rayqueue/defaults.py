@@ -37,6 +37,8 @@ SCALING_COOLDOWN_S = 60.0
 #: How long a handle uses a route before asking the coordinator for a fresh one,
 #: and so how long a retired partition waits for stale handles before it goes.
 ROUTE_TTL_S = 2.0
+#: Host actors that partitions of queues with hosting="shared" live in (per namespace).
+SHARED_HOSTS = 4
 #: Most replica actors per partition.
 MAX_REPLICAS = 4
 #: Visibility timeout: default and upper bound, as in SQS.

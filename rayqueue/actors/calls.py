@@ -93,7 +93,10 @@ def _execute(target: Target, step: Step) -> Any:
             try:
                 results[index] = ray.get(ref, timeout=_timeout(step.calls[index]))
             except RayTaskError as error:
-                raise unwrap(error) from None
+                cause = unwrap(error)
+                if not isinstance(cause, PartitionUnavailable):
+                    raise cause from None
+                failed.append((index, cause))  # e.g. no longer hosted where the route says
             except _RETRYABLE as error:
                 failed.append((index, error))
         if failed:
@@ -176,8 +179,11 @@ async def _execute_async(target: Target, step: Step) -> Any:
         )
         failed: list[tuple[int, BaseException]] = []
         for index, outcome in zip(refs, outcomes):
-            if isinstance(outcome, RayTaskError):
+            if isinstance(outcome, RayTaskError) and not isinstance(unwrap(outcome), PartitionUnavailable):
                 raise unwrap(outcome) from None
+            if isinstance(outcome, RayTaskError):
+                failed.append((index, unwrap(outcome)))  # e.g. no longer hosted where the route says
+                continue
             if isinstance(outcome, (*_RETRYABLE, asyncio.TimeoutError)):
                 failed.append((index, outcome))
             elif isinstance(outcome, BaseException):

@@ -6,16 +6,19 @@ import logging
 import random
 import threading
 import time
+import zlib
 from typing import Any
 
 import ray
-from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError
+from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError, RayTaskError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from rayqueue import defaults
+from rayqueue.actors.host import HostedPartition, RemoteHost
 from rayqueue.actors.partition import RemotePartition, Role
 from rayqueue.config import QueueConfig
-from rayqueue.coordinator import Coordinator, QueueRecord, Route
+from rayqueue.coordinator import SHARED_PREFIX, Coordinator, QueueRecord, Route
+from rayqueue.errors import PartitionUnavailable
 from rayqueue.storage import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -69,6 +72,17 @@ class RayLauncher:
         return leaders
 
     def _find(self, name: str) -> Any | None:
+        """The live actor (or hosted partition) of this name, or None."""
+        if name.startswith(SHARED_PREFIX):
+            host = self._get(_host_name(name))
+            try:
+                hosted = host is not None and ray.get(host.has.remote(name), timeout=PROBE_TIMEOUT_S)
+            except (RayActorError, GetTimeoutError):
+                hosted = False
+            return HostedPartition(host, name) if hosted else None
+        return self._get(name)
+
+    def _get(self, name: str) -> Any | None:
         try:
             return ray.get_actor(name, namespace=self._namespace)
         except ValueError:
@@ -98,9 +112,20 @@ class RayLauncher:
             # the node had room. With no other node, replicas share the leader's (and
             # stats say so).
             options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node, soft=False)
-        return RemotePartition.options(**options).remote(
-            record.config, partition, self._storage, self._storage_options, role, self._namespace
-        )
+        args = (record.config, partition, self._storage, self._storage_options, role, self._namespace)
+        if name.startswith(SHARED_PREFIX):
+            host = RemoteHost.options(
+                name=_host_name(name),
+                namespace=self._namespace,
+                lifetime="detached",
+                get_if_exists=True,
+                max_restarts=-1,  # restarted empty: the coordinator fails its partitions over
+                num_cpus=record.config.partition_num_cpus,
+                resources=dict(record.config.partition_resources),
+            ).remote()
+            ray.get(host.add.remote(name, *args), timeout=START_TIMEOUT_S)
+            return HostedPartition(host, name)
+        return RemotePartition.options(**options).remote(*args)
 
     def dead(self, names: list[str]) -> set[str]:
         found = {name: self._find(name) for name in names}
@@ -112,20 +137,23 @@ class RayLauncher:
                 ray.get(probe)
             except ActorUnavailableError:
                 pass  # restarting
-            except RayActorError:
+            except (RayActorError, RayTaskError):  # dead, or no longer hosted where it was
                 dead.add(probes[probe])
         for name in dead:
             self._nodes.pop(name, None)
         return dead
 
     def promote(self, record: QueueRecord, partition: int, name: str) -> None:
-        ray.get(ray.get_actor(name, namespace=self._namespace).promote.remote(), timeout=PROMOTE_TIMEOUT_S)
+        replica = self._find(name)
+        if replica is None:
+            raise PartitionUnavailable(record.config.name, partition, f"replica {name} is gone")
+        ray.get(replica.promote.remote(), timeout=PROMOTE_TIMEOUT_S)
 
     def in_sync(self, leader: str) -> list[str]:
+        actor = self._find(leader)
         try:
-            actor = ray.get_actor(leader, namespace=self._namespace)
-            return ray.get(actor.in_sync_replicas.remote(), timeout=PROBE_TIMEOUT_S)
-        except (ValueError, RayActorError, GetTimeoutError):
+            return ray.get(actor.in_sync_replicas.remote(), timeout=PROBE_TIMEOUT_S) if actor else []
+        except (RayActorError, RayTaskError, GetTimeoutError):
             return []
 
     def partition_stats(self, leaders: list[str]) -> list[Any]:
@@ -149,7 +177,9 @@ class RayLauncher:
 
     def kill(self, name: str) -> None:
         actor = self._find(name)
-        if actor is not None:  # else never started, or already gone
+        if isinstance(actor, HostedPartition):
+            ray.get(self._get(_host_name(name)).remove.remote(name), timeout=PROBE_TIMEOUT_S)
+        elif actor is not None:  # else never started, or already gone
             ray.kill(actor, no_restart=True)
         self._nodes.pop(name, None)
 
@@ -157,6 +187,13 @@ class RayLauncher:
         for placement in record.placements:
             for name in (placement.leader, *placement.replicas):
                 self.kill(name)
+
+
+def _host_name(name: str) -> str:
+    """The shared host of a hosted partition: generations of one partition (its leader
+    and replicas) go to consecutive hosts, so they do not share one."""
+    stem, _, generation = name.rpartition(".")
+    return f"rayqueue.host.{(zlib.crc32(stem.encode()) + int(generation)) % defaults.SHARED_HOSTS}"
 
 
 def _pick_node(avoid: set[str]) -> str | None:
