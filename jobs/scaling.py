@@ -102,6 +102,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-partitions", type=int, default=6)
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--storage", default=None)
+    parser.add_argument(
+        "--resource",
+        action="append",
+        default=[],
+        metavar="NAME=AMOUNT",
+        help="a resource each partition asks Ray for (cluster.yaml's rayqueue_partition=1 makes the autoscaler add nodes)",
+    )
     parser.add_argument("--chart", default="scaling.png")
     parser.add_argument("--json", default="scaling.json", help="the recorded points")
     parser.add_argument("--summary-json", action="store_true", help="print the summary as one JSON line")
@@ -119,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         target_send_rate=args.target_rate,
         scaling_window_s=5.0,
         scaling_cooldown_s=5.0,
+        partition_resources={name: float(amount) for name, amount in (r.split("=", 1) for r in args.resource)},
     )
     sent: list[str] = []
     delivered: list[str] = []
