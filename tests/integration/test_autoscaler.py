@@ -22,6 +22,7 @@ import pytest
 import ray
 
 import rayqueue
+from support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -54,15 +55,6 @@ def autoscaling_cluster() -> Iterator[None]:
 
 def alive_nodes() -> int:
     return len([node for node in ray.nodes() if node["Alive"]])
-
-
-def wait_for(predicate, timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(1.0)
-    return False
 
 
 def test_load_grows_partitions_and_nodes_and_both_shrink_back(autoscaling_cluster):

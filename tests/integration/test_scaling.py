@@ -7,19 +7,11 @@ import threading
 import time
 
 import rayqueue
+from support.waiting import wait_for
 
 
 def partitions_of(queue: rayqueue.Queue) -> int:
     return len(queue.stats().partitions)
-
-
-def wait_for(predicate, timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.5)
-    return False
 
 
 def test_scale_out_under_load_and_back_in_when_idle(client, queue_name):
