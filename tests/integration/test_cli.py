@@ -161,8 +161,10 @@ def test_an_address_nobody_answers_at_exits_1_at_once():
 def test_bench_runs_jobs_bench_py_with_its_own_options(tmp_path: Path):
     env = {**cluster_env(), "RAY_ADDRESS": "local"}
     out = tmp_path / "bench.json"
-    command = [*RAYQUEUE, "bench", "--runs", "1", "--rounds", "1", "--single", "5", "--json", str(out)]
-    result = subprocess.run(command, check=False, env=env, capture_output=True, text=True, timeout=180)
+    chart = tmp_path / "bench.png"
+    command = [*RAYQUEUE, "bench", "--quick", "--json", str(out), "--chart", str(chart)]
+    result = subprocess.run(command, check=False, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "ratio" in result.stdout
-    assert {row["scenario"] for row in json.loads(out.read_text())} == {"batched x1000", "one at a time"}
+    rows = json.loads(out.read_text())["rows"]
+    assert {row["scenario"] for row in rows} >= {"batched x1000", "one at a time"}
