@@ -73,32 +73,36 @@ def test_load_grows_partitions_and_nodes_and_both_shrink_back(autoscaling_cluste
         partition_resources={"rayqueue_partition": 1.0},
     )
     assert alive_nodes() == 2  # the head, and one worker for the first partition
-    stop = threading.Event()
+    stop_producing, stop_consuming = threading.Event(), threading.Event()
     sent: list[str] = []
     delivered: set[str] = set()
 
     def produce() -> None:
-        while not stop.is_set():
+        while not stop_producing.is_set():
             sent.extend(queue.send_batch([b"x"] * 20))
             time.sleep(0.05)
 
     def consume() -> None:
-        while not (stop.is_set() and len(delivered) >= len(sent)):
+        # Until told: a retiring partition goes only once consumers have drained it.
+        while not stop_consuming.is_set():
             messages = queue.receive(100, wait_s=0.5)
             if messages:
                 queue.delete_batch([m.receipt for m in messages])
                 delivered.update(m.id for m in messages)
 
-    workers = [threading.Thread(target=produce), threading.Thread(target=consume)]
-    for worker in workers:
-        worker.start()
+    producer, consumer = threading.Thread(target=produce), threading.Thread(target=consume)
+    producer.start()
+    consumer.start()
     try:
         grew = wait_for(lambda: len(queue.stats().partitions) >= 3 and alive_nodes() >= 3, 120)
+        stop_producing.set()
+        producer.join(timeout=120)
+        shrank = wait_for(lambda: len(queue.stats().partitions) == 1 and alive_nodes() == 2, 180)
     finally:
-        stop.set()
-        for worker in workers:
-            worker.join(timeout=120)
-    shrank = wait_for(lambda: len(queue.stats().partitions) == 1 and alive_nodes() == 2, 180)
+        stop_producing.set()
+        stop_consuming.set()
+        producer.join(timeout=120)
+        consumer.join(timeout=120)
     assert grew, f"partitions {len(queue.stats().partitions)}, nodes {alive_nodes()}"
     assert shrank, f"partitions {len(queue.stats().partitions)}, nodes {alive_nodes()}"
     assert set(sent) <= delivered
