@@ -19,6 +19,7 @@ from rayqueue.actors.partition import RemotePartition, Role
 from rayqueue.config import QueueConfig
 from rayqueue.coordinator import SHARED_PREFIX, Coordinator, QueueRecord, Route
 from rayqueue.errors import PartitionUnavailable
+from rayqueue.message import PartitionStats
 from rayqueue.storage import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -73,13 +74,21 @@ class RayLauncher:
 
     def _find(self, name: str) -> Any | None:
         """The live actor (or hosted partition) of this name, or None."""
-        if name.startswith(SHARED_PREFIX):
-            host = self._get(_host_name(name))
+        handle = self._handle(name)
+        if isinstance(handle, HostedPartition):
             try:
-                hosted = host is not None and ray.get(host.has.remote(name), timeout=PROBE_TIMEOUT_S)
+                hosted = ray.get(handle.host.has.remote(name), timeout=PROBE_TIMEOUT_S)
             except (RayActorError, GetTimeoutError):
                 hosted = False
-            return HostedPartition(host, name) if hosted else None
+            return handle if hosted else None
+        return handle
+
+    def _handle(self, name: str) -> Any | None:
+        """Like ``_find``, without asking a host whether it still holds the partition:
+        for calls that learn it anyway (a call to a partition no longer hosted fails)."""
+        if name.startswith(SHARED_PREFIX):
+            host = self._get(_host_name(name))
+            return HostedPartition(host, name) if host is not None else None
         return self._get(name)
 
     def _get(self, name: str) -> Any | None:
@@ -128,20 +137,27 @@ class RayLauncher:
         return RemotePartition.options(**options).remote(*args)
 
     def dead(self, names: list[str]) -> set[str]:
-        found = {name: self._find(name) for name in names}
+        found = {name: self._handle(name) for name in names}
         dead = {name for name, actor in found.items() if actor is None}  # no live actor holds the name
-        probes = {actor.ready.remote(): name for name, actor in found.items() if actor is not None}
-        ready, _slow = ray.wait(list(probes), num_returns=len(probes), timeout=PROBE_TIMEOUT_S) if probes else ([], [])
-        for probe in ready:
-            try:
-                ray.get(probe)
-            except ActorUnavailableError:
-                pass  # restarting
-            except (RayActorError, RayTaskError):  # dead, or no longer hosted where it was
-                dead.add(probes[probe])
+        for name, outcome in self._ask(found, "ready").items():
+            if isinstance(outcome, (RayActorError, RayTaskError)) and not isinstance(outcome, ActorUnavailableError):
+                dead.add(name)  # dead, or no longer hosted where it was (restarting is not dead)
         for name in dead:
             self._nodes.pop(name, None)
         return dead
+
+    def _ask(self, actors: dict[str, Any], method: str) -> dict[str, Any]:
+        """Call ``method`` on every actor at once; each one's result, or the error it
+        raised. Actors that are None or do not answer within the probe timeout are left out."""
+        calls = {getattr(actor, method).remote(): name for name, actor in actors.items() if actor is not None}
+        ready, _slow = ray.wait(list(calls), num_returns=len(calls), timeout=PROBE_TIMEOUT_S) if calls else ([], [])
+        outcomes: dict[str, Any] = {}
+        for ref in ready:
+            try:
+                outcomes[calls[ref]] = ray.get(ref)
+            except (RayActorError, RayTaskError) as error:
+                outcomes[calls[ref]] = error
+        return outcomes
 
     def promote(self, record: QueueRecord, partition: int, name: str) -> None:
         replica = self._find(name)
@@ -157,15 +173,8 @@ class RayLauncher:
             return []
 
     def partition_stats(self, leaders: list[str]) -> list[Any]:
-        actors = [self._find(name) for name in leaders]
-        refs = [actor.stats.remote() if actor is not None else None for actor in actors]
-        out = []
-        for ref in refs:
-            try:
-                out.append(ray.get(ref, timeout=PROBE_TIMEOUT_S) if ref is not None else None)
-            except (RayActorError, GetTimeoutError):
-                out.append(None)
-        return out
+        outcomes = self._ask({name: self._handle(name) for name in leaders}, "stats")
+        return [outcome if isinstance(outcome, PartitionStats) else None for outcome in map(outcomes.get, leaders)]
 
     def set_scaling(self, leader: str, retiring: bool, partitions: int) -> None:
         actor = self._find(leader)

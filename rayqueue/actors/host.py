@@ -52,16 +52,16 @@ class HostedPartition:
     """Stands in for a hosted partition's actor handle: ``hosted.send.remote(...)``."""
 
     def __init__(self, host: Any, name: str) -> None:
-        self._host = host
+        self.host = host
         self._name = name
 
     def __getattr__(self, method: str) -> _Method:
         if method.startswith("__"):
             raise AttributeError(method)
-        return _Method(self._host, self._name, method)
+        return _Method(self.host, self._name, method)
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (HostedPartition, (self._host, self._name))
+        return (HostedPartition, (self.host, self._name))
 
     def __repr__(self) -> str:
         return f"HostedPartition({self._name!r})"
