@@ -1,9 +1,11 @@
 """Every call a handle makes to an actor goes through here.
 
-Here Ray's errors become rayqueue's: an error raised inside an actor comes back
-as itself, and a partition that died or is restarting is retried, after a fresh
-route from the coordinator, until ``PARTITION_RETRY_S`` has passed; then the
-caller gets ``PartitionUnavailable``. Nothing here knows a queue's rules.
+Data calls to partitions go over the direct channel (``rayqueue.actors.channel``),
+long-poll probes and coordinator calls through Ray. Here transport errors become
+rayqueue's: an error raised inside an actor comes back as itself, and a
+partition that died or is restarting is retried, after a fresh route from the
+coordinator, until ``PARTITION_RETRY_S`` has passed; then the caller gets
+``PartitionUnavailable``. Nothing here knows a queue's rules.
 """
 
 from __future__ import annotations
@@ -16,11 +18,13 @@ import ray
 from ray.exceptions import GetTimeoutError, ObjectLostError, RayActorError, RayTaskError, TaskCancelledError
 
 from rayqueue import defaults
+from rayqueue.actors import channel
 from rayqueue.errors import PartitionRetired, PartitionUnavailable, RayQueueError
 from rayqueue.plan import Call, FirstOf, Plan, Step, T, Target
+from rayqueue.wire import ChannelBroken
 
 #: Errors after which the same call may succeed once the actor is back.
-_RETRYABLE = (RayActorError, ObjectLostError, GetTimeoutError)
+_RETRYABLE = (RayActorError, ObjectLostError, GetTimeoutError, ChannelBroken)
 #: A call that takes longer than its own wait plus this is treated as lost.
 CALL_TIMEOUT_S = 60.0
 _BACKOFF_S = (0.05, 0.1, 0.2, 0.4, 0.8)
@@ -32,13 +36,24 @@ def unwrap(error: RayTaskError) -> BaseException:
     return cause if isinstance(cause, BaseException) else error
 
 
-def _submit(target: Target, call: Call, retry: bool) -> ray.ObjectRef:
+def _actor(target: Target, call: Call) -> Any:
     if call.partition >= len(target.route.partitions):
         # Scaling in removed it (drained) since the plan chose it.
         raise PartitionRetired(target.name, call.partition)
-    actor = target.route.partitions[call.partition]
-    args = call.retry_args if retry and call.retry_args is not None else call.args
-    return getattr(actor, call.method).remote(*args)
+    return target.route.partitions[call.partition]
+
+
+def _args(call: Call, retry: bool) -> tuple[Any, ...]:
+    return call.retry_args if retry and call.retry_args is not None else call.args
+
+
+def _submit(target: Target, call: Call, retry: bool) -> ray.ObjectRef:
+    """Through Ray: for calls that may be cancelled (long-poll probes)."""
+    return getattr(_actor(target, call), call.method).remote(*_args(call, retry))
+
+
+def _start(target: Target, call: Call, retry: bool) -> channel.Pending:
+    return channel.Pending(_actor(target, call), call.method, _args(call, retry), _timeout(call))
 
 
 class _Retry:
@@ -87,17 +102,17 @@ def _execute(target: Target, step: Step) -> Any:
     todo = list(range(len(step.calls)))
     retrying = False
     while todo:
-        refs = {index: _submit(target, step.calls[index], retrying) for index in todo}
+        started: dict[int, channel.Pending] = {}
         failed: list[tuple[int, BaseException]] = []
-        for index, ref in refs.items():
+        for index in todo:
             try:
-                results[index] = ray.get(ref, timeout=_timeout(step.calls[index]))
-            except RayTaskError as error:
-                cause = unwrap(error)
-                if not isinstance(cause, PartitionUnavailable):
-                    raise cause from None
-                failed.append((index, cause))  # e.g. no longer hosted where the route says
+                started[index] = _start(target, step.calls[index], retrying)
             except _RETRYABLE as error:
+                failed.append((index, error))
+        for index, pending in started.items():
+            try:
+                results[index] = pending.result(_timeout(step.calls[index]))
+            except (PartitionUnavailable, *_RETRYABLE) as error:  # unavailable: e.g. no longer hosted there
                 failed.append((index, error))
         if failed:
             index, error = failed[0]
@@ -172,19 +187,19 @@ async def _execute_async(target: Target, step: Step) -> Any:
     todo = list(range(len(step.calls)))
     retrying = False
     while todo:
-        refs = {index: _submit(target, step.calls[index], retrying) for index in todo}
+        calls = {index: step.calls[index] for index in todo}
         outcomes = await asyncio.gather(
-            *(asyncio.wait_for(_await(ref), _timeout(step.calls[i])) for i, ref in refs.items()),
+            *(
+                asyncio.wait_for(channel.call_async(_actor(target, call), call.method, _args(call, retrying)), _timeout(call))
+                for call in calls.values()
+            ),
             return_exceptions=True,
         )
         failed: list[tuple[int, BaseException]] = []
-        for index, outcome in zip(refs, outcomes):
-            if isinstance(outcome, RayTaskError) and not isinstance(unwrap(outcome), PartitionUnavailable):
-                raise unwrap(outcome) from None
-            if isinstance(outcome, RayTaskError):
-                failed.append((index, unwrap(outcome)))  # e.g. no longer hosted where the route says
-                continue
-            if isinstance(outcome, (*_RETRYABLE, asyncio.TimeoutError)):
+        for index, outcome in zip(calls, outcomes):
+            if isinstance(outcome, RayTaskError):  # fetching the endpoint through Ray failed
+                outcome = unwrap(outcome)
+            if isinstance(outcome, (PartitionUnavailable, *_RETRYABLE, asyncio.TimeoutError)):
                 failed.append((index, outcome))
             elif isinstance(outcome, BaseException):
                 raise outcome

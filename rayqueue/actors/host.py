@@ -15,13 +15,15 @@ from typing import Any
 
 import ray
 
-from rayqueue.actors.partition import PartitionActor
+from rayqueue.actors.partition import WIRE_METHODS, PartitionActor, serve_wire
 from rayqueue.errors import PartitionUnavailable
+from rayqueue.wire import Endpoint, Server
 
 
 class PartitionHost:
     def __init__(self) -> None:
         self._hosted: dict[str, PartitionActor] = {}
+        self._wire: Server | None = None
 
     def add(self, name: str, *args: Any) -> None:
         """Start hosting partition ``name`` (``args`` as for PartitionActor), unless it is here."""
@@ -45,6 +47,17 @@ class PartitionHost:
         return await result if inspect.isawaitable(result) else result
 
 
+    async def wire_endpoint(self) -> Endpoint:
+        """One direct-channel server for every partition hosted here; calls name theirs."""
+        self._wire, endpoint = await serve_wire(self._wire, self._dispatch)
+        return endpoint
+
+    async def _dispatch(self, name: str, method: str, args: tuple[Any, ...]) -> Any:
+        if method not in WIRE_METHODS:
+            raise PartitionUnavailable(name, -1, f"{method!r} is not a data call")
+        return await self.call(name, method, *args)
+
+
 RemoteHost = ray.remote(PartitionHost)
 
 
@@ -53,18 +66,18 @@ class HostedPartition:
 
     def __init__(self, host: Any, name: str) -> None:
         self.host = host
-        self._name = name
+        self.name = name
 
     def __getattr__(self, method: str) -> _Method:
         if method.startswith("__"):
             raise AttributeError(method)
-        return _Method(self.host, self._name, method)
+        return _Method(self.host, self.name, method)
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (HostedPartition, (self.host, self._name))
+        return (HostedPartition, (self.host, self.name))
 
     def __repr__(self) -> str:
-        return f"HostedPartition({self._name!r})"
+        return f"HostedPartition({self.name!r})"
 
 
 class _Method:

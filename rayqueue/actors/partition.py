@@ -22,8 +22,18 @@ from rayqueue.message import PartitionStats
 from rayqueue.partition import PartitionService
 from rayqueue.replication import HeldWrites
 from rayqueue.storage import ObjectStore, PartitionStore
+from rayqueue.wire import Endpoint, Server
 
 Role = Literal["leader", "replica"]
+
+#: What handles may call over the direct channel (rayqueue.wire): the data calls only.
+WIRE_METHODS = frozenset({"send", "receive", "wait_visible", "delete", "change_visibility", "stats"})
+
+
+async def serve_wire(server: Server | None, dispatch: Any) -> tuple[Server, Endpoint]:
+    """This process's direct-channel server (started on first use) and its endpoint."""
+    server = server or Server(dispatch)
+    return server, await server.start(ray.util.get_node_ip_address())
 
 
 class PartitionActor:
@@ -42,6 +52,7 @@ class PartitionActor:
         self._replicator = RayReplicator(config.name, partition, namespace)
         self._held = HeldWrites()
         self._service: PartitionService | None = None
+        self._wire: Server | None = None
         if role == "leader":
             self._lead()
 
@@ -89,6 +100,17 @@ class PartitionActor:
 
     def in_sync_replicas(self) -> list[str]:
         return self._replicator.names()
+
+    async def wire_endpoint(self) -> Endpoint:
+        """Where handles make data calls without Ray's per-call cost (see rayqueue.wire)."""
+        self._wire, endpoint = await serve_wire(self._wire, self.dispatch)
+        return endpoint
+
+    async def dispatch(self, partition: str, method: str, args: tuple[Any, ...]) -> Any:
+        """One data call that came over the direct channel."""
+        if method not in WIRE_METHODS:
+            raise PartitionUnavailable(self._config.name, self._partition, f"{method!r} is not a data call")
+        return await getattr(self, method)(*args)
 
     # ----------------------------------------------------------- as a replica
 

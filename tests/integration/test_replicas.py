@@ -15,6 +15,7 @@ import ray
 from ray.cluster_utils import Cluster
 
 import rayqueue
+from support.waiting import kill_and_wait
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +71,7 @@ def test_killed_leader_is_replaced_and_nothing_acknowledged_is_lost(cluster, dur
     for body in sent[10:]:
         queue.send(body)
     count = len(failovers())
-    ray.kill(leader(queue), no_restart=True)
+    kill_and_wait(leader(queue))
 
     queue.send(b"after")  # reaches the promoted replica through a fresh route
     assert drain(queue) == sent + [b"after"]
