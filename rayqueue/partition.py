@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 
 from rayqueue import defaults
 from rayqueue.config import QueueConfig
-from rayqueue.errors import MessageTooLarge, PartitionRetired, StorageCorrupt, StorageUnavailable
+from rayqueue.errors import MessageTooLarge, PartitionFenced, PartitionRetired, StorageCorrupt, StorageUnavailable
 from rayqueue.group_commit import GroupCommit
 from rayqueue.log import DeleteTicket, PartitionLog
 from rayqueue.message import PartitionStats
@@ -86,6 +86,8 @@ class PartitionService:
         self._sent_total = 0
         #: Scaling in: refuse sends, keep serving receives and deletes.
         self.retiring = False
+        #: A newer leader took over (storage or a replica said so): serve nothing more.
+        self.fenced = False
         self._changed = asyncio.Event()
         self.objects_recovered = 0
 
@@ -185,8 +187,9 @@ class PartitionService:
             storing = self._write(self._store.write_segment, segment, unstored=self._unstored_segments, key=first)
             stored = not (self._replicas is not None and await self._replicas.segment(segment))
             name = await storing if stored else self._store.segment_name(first)
-        except BaseException:
+        except BaseException as error:
             self._log.release(count)
+            self.fenced |= isinstance(error, PartitionFenced)
             raise
         self._log.publish(segment, name, explicit_ids=any(dedup for _, dedup in items), stored=stored)
         self._sent_total += count
@@ -307,7 +310,8 @@ class PartitionService:
             storing = self._write(self._store.write_deletes, offsets, seq, unstored=self._unstored_deletes, key=seq)
             if self._replicas is None or not await self._replicas.deletes(seq, offsets):
                 await storing
-        except BaseException:
+        except BaseException as error:
+            self.fenced |= isinstance(error, PartitionFenced)
             for ticket in tickets:
                 self._log.abort_delete(ticket)
             self._notify()

@@ -22,7 +22,8 @@ class Replicator(Protocol):
 
     async def segment(self, batch: pa.RecordBatch) -> bool:
         """Hand a stamped segment to every in-sync replica; True if at least one holds it
-        (replicas that fail or time out leave the in-sync set)."""
+        (replicas that fail or time out leave the in-sync set). Raises ``PartitionFenced``
+        if a replica has seen a newer leader: this one must acknowledge nothing more."""
 
     async def deletes(self, seq: int, offsets: np.ndarray) -> bool:
         """Hand a delete log to every in-sync replica; True if at least one holds it."""

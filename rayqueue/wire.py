@@ -263,3 +263,7 @@ class AsyncPool:
     def forget(self, endpoint: Endpoint) -> None:
         for _, writer in self._idle.pop(endpoint, []):
             writer.close()
+
+    def close(self) -> None:
+        for endpoint in list(self._idle):
+            self.forget(endpoint)

@@ -19,12 +19,14 @@ from ray.exceptions import GetTimeoutError, ObjectLostError, RayActorError, RayT
 
 from rayqueue import defaults
 from rayqueue.actors import channel
-from rayqueue.errors import PartitionRetired, PartitionUnavailable, RayQueueError
+from rayqueue.errors import PartitionFenced, PartitionRetired, PartitionUnavailable, RayQueueError
 from rayqueue.plan import Call, FirstOf, Plan, Step, T, Target
 from rayqueue.wire import ChannelBroken
 
 #: Errors after which the same call may succeed once the actor is back.
 _RETRYABLE = (RayActorError, ObjectLostError, GetTimeoutError, ChannelBroken)
+#: Errors raised by a partition that another actor serves now (or soon): retried after a fresh route.
+_ELSEWHERE = (PartitionUnavailable, PartitionFenced)
 #: A call that takes longer than its own wait plus this is treated as lost.
 CALL_TIMEOUT_S = 60.0
 _BACKOFF_S = (0.05, 0.1, 0.2, 0.4, 0.8)
@@ -112,7 +114,7 @@ def _execute(target: Target, step: Step) -> Any:
         for index, pending in started.items():
             try:
                 results[index] = pending.result(_timeout(step.calls[index]))
-            except (PartitionUnavailable, *_RETRYABLE) as error:  # unavailable: e.g. no longer hosted there
+            except (*_ELSEWHERE, *_RETRYABLE) as error:
                 failed.append((index, error))
         if failed:
             index, error = failed[0]
@@ -134,10 +136,12 @@ def _first_of(target: Target, step: FirstOf) -> tuple[int, Any] | None:
     try:
         return index, ray.get(ready[0])
     except RayTaskError as error:
-        raise unwrap(error) from None
+        if not isinstance(unwrap(error), _ELSEWHERE):
+            raise unwrap(error) from None
     except _RETRYABLE:
-        report_failure(target, step.calls[index].partition)
-        return None
+        pass
+    report_failure(target, step.calls[index].partition)
+    return None
 
 
 def report_failure(target: Target, partition: int) -> None:
@@ -199,7 +203,7 @@ async def _execute_async(target: Target, step: Step) -> Any:
         for index, outcome in zip(calls, outcomes):
             if isinstance(outcome, RayTaskError):  # fetching the endpoint through Ray failed
                 outcome = unwrap(outcome)
-            if isinstance(outcome, (PartitionUnavailable, *_RETRYABLE, asyncio.TimeoutError)):
+            if isinstance(outcome, (*_ELSEWHERE, *_RETRYABLE, asyncio.TimeoutError)):
                 failed.append((index, outcome))
             elif isinstance(outcome, BaseException):
                 raise outcome
@@ -232,10 +236,12 @@ async def _first_of_async(target: Target, step: FirstOf) -> tuple[int, Any] | No
     try:
         return tasks.index(task), task.result()
     except RayTaskError as error:
-        raise unwrap(error) from None
+        if not isinstance(unwrap(error), _ELSEWHERE):
+            raise unwrap(error) from None
     except (*_RETRYABLE, TaskCancelledError):
-        await report_failure_async(target, step.calls[tasks.index(task)].partition)
-        return None
+        pass
+    await report_failure_async(target, step.calls[tasks.index(task)].partition)
+    return None
 
 
 async def report_failure_async(target: Target, partition: int) -> None:

@@ -18,6 +18,9 @@ import ray
 from rayqueue.actors.host import HostedPartition
 from rayqueue.wire import AsyncPool, ChannelBroken, Connection, Endpoint, Pool
 
+#: ``ActorTableData.ActorState`` RESTARTING and DEAD in Ray's GCS protocol. (A handle
+#: that came from elsewhere may show an early state for a while: only these count.)
+_GONE = (3, 4)
 _endpoints: dict[Any, Endpoint] = {}
 _pool = Pool()
 _async_pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncPool] = weakref.WeakKeyDictionary()
@@ -28,6 +31,17 @@ def _address(handle: Any) -> tuple[Any, str]:
     if isinstance(handle, HostedPartition):
         return handle.host, handle.name
     return handle, ""
+
+
+def _alive(actor: Any) -> bool:
+    """Ray's own view of the actor, which its notifications keep current and which
+    costs nothing to read. A process Ray declared dead may linger (or, on a lost node,
+    live on, unreachable to Ray but not to us): calls must stop going there."""
+    try:
+        state = ray._private.worker.global_worker.core_worker.get_local_actor_state(actor._actor_id)
+    except Exception:  # no such view in this Ray version: rely on the connection alone
+        return True
+    return state not in _GONE
 
 
 def _forget(actor: Any, endpoint: Endpoint | None) -> None:
@@ -43,6 +57,9 @@ class Pending:
 
     def __init__(self, handle: Any, method: str, args: tuple[Any, ...], timeout_s: float) -> None:
         self._actor, name = _address(handle)
+        if not _alive(self._actor):
+            _forget(self._actor, _endpoints.get(self._actor._actor_id))
+            raise ChannelBroken(f"Ray reports actor {self._actor._actor_id.hex()} is not alive")
         self._endpoint = _endpoints.get(self._actor._actor_id)
         if self._endpoint is None:
             self._endpoint = ray.get(self._actor.wire_endpoint.remote(), timeout=timeout_s)
@@ -71,6 +88,9 @@ class Pending:
 async def call_async(handle: Any, method: str, args: tuple[Any, ...]) -> Any:
     """One call from an event loop; the caller bounds its time."""
     actor, name = _address(handle)
+    if not _alive(actor):
+        _forget(actor, _endpoints.get(actor._actor_id))
+        raise ChannelBroken(f"Ray reports actor {actor._actor_id.hex()} is not alive")
     endpoint = _endpoints.get(actor._actor_id)
     if endpoint is None:
         endpoint = await actor.wire_endpoint.remote()

@@ -17,7 +17,7 @@ import ray
 from rayqueue.actors.metrics import RayPartitionMetrics
 from rayqueue.actors.replicator import RayReplicator
 from rayqueue.config import QueueConfig
-from rayqueue.errors import PartitionUnavailable
+from rayqueue.errors import PartitionFenced, PartitionUnavailable
 from rayqueue.message import PartitionStats
 from rayqueue.partition import PartitionService
 from rayqueue.replication import HeldWrites
@@ -51,6 +51,8 @@ class PartitionActor:
         self._store = PartitionStore(ObjectStore(storage, storage_options), config.name, partition)
         self._replicator = RayReplicator(config.name, partition, namespace)
         self._held = HeldWrites()
+        #: The newest leader epoch this replica has taken writes from.
+        self._leader_epoch = 0
         self._service: PartitionService | None = None
         self._wire: Server | None = None
         if role == "leader":
@@ -66,12 +68,15 @@ class PartitionActor:
         )
         service.recover(self._held)
         self._held = HeldWrites()
+        self._replicator.epoch = service.epoch
         self._service = service
 
     @property
     def _leader(self) -> PartitionService:
         if self._service is None:
             raise PartitionUnavailable(self._config.name, self._partition, "asked a replica, not the leader")
+        if self._service.fenced:  # still running, but replaced: handles must find the new leader
+            raise PartitionFenced(f"{self._config.name}/{self._partition}", self._service.epoch)
         return self._service
 
     # ------------------------------------------------------------------ control
@@ -114,11 +119,19 @@ class PartitionActor:
 
     # ----------------------------------------------------------- as a replica
 
-    def hold_segment(self, batch: pa.RecordBatch) -> None:
+    def hold_segment(self, epoch: int, batch: pa.RecordBatch) -> None:
+        self._follow(epoch)
         self._held.add_segment(batch)
 
-    def hold_deletes(self, seq: int, offsets: np.ndarray) -> None:
+    def hold_deletes(self, epoch: int, seq: int, offsets: np.ndarray) -> None:
+        self._follow(epoch)
         self._held.add_deletes(seq, offsets)
+
+    def _follow(self, epoch: int) -> None:
+        """Take writes only from the newest leader: a replaced one must not be acknowledged."""
+        if self._service is not None or epoch < self._leader_epoch:  # it leads now, or a newer one does
+            raise PartitionFenced(f"{self._config.name}/{self._partition}", epoch)
+        self._leader_epoch = epoch
 
     def release(self, offset_floor: int, seq_floor: int) -> None:
         self._held.release(offset_floor, seq_floor)

@@ -12,6 +12,7 @@ import pyarrow as pa
 import ray
 
 from rayqueue import defaults
+from rayqueue.errors import PartitionFenced
 from rayqueue.replication import HeldWrites
 
 log = logging.getLogger(__name__)
@@ -24,6 +25,11 @@ class RayReplicator:
     write, then it is given what was acknowledged before and is not stored yet;
     only then does it count as in sync. So an in-sync replica holds every
     acknowledged write that is not on storage.
+
+    Every write carries the leader's ``epoch``. A replica refuses writes from an
+    epoch older than one it has seen (or once it leads itself): a leader that was
+    replaced but still runs, and that handles still reach, then learns it is
+    fenced before it acknowledges anything.
     """
 
     def __init__(self, queue: str, partition: int, namespace: str) -> None:
@@ -34,6 +40,8 @@ class RayReplicator:
         self._joining: dict[str, Any] = {}
         self._nodes: dict[str, str] = {}
         self._node = ray.get_runtime_context().get_node_id()
+        #: The leader's epoch, set once it has taken over.
+        self.epoch = 0
 
     async def attach(self, replicas: dict[str, Any], unstored: Callable[[], HeldWrites]) -> None:
         """Replicate to exactly these replicas (by actor name) from now on."""
@@ -54,8 +62,8 @@ class RayReplicator:
             self._lost(failed)
 
     async def _catch_up(self, name: str, replica: Any, held: HeldWrites) -> None:
-        calls = [replica.hold_segment.remote(batch) for batch in held.segments.values()]
-        calls += [replica.hold_deletes.remote(seq, offsets) for seq, offsets in held.deletes.items()]
+        calls = [replica.hold_segment.remote(self.epoch, batch) for batch in held.segments.values()]
+        calls += [replica.hold_deletes.remote(self.epoch, seq, offsets) for seq, offsets in held.deletes.items()]
         self._nodes[name] = await replica.node_id.remote()
         await asyncio.gather(*calls)
 
@@ -85,11 +93,15 @@ class RayReplicator:
             return False
         outcomes = await asyncio.gather(
             *(
-                asyncio.wait_for(_await(getattr(replica, method).remote(*args)), defaults.REPLICA_TIMEOUT_S)
+                asyncio.wait_for(_await(getattr(replica, method).remote(self.epoch, *args)), defaults.REPLICA_TIMEOUT_S)
                 for replica in replicas.values()
             ),
             return_exceptions=True,
         )
+        for outcome in outcomes:
+            cause = getattr(outcome, "cause", outcome)  # a RayTaskError carries what the replica raised
+            if isinstance(cause, PartitionFenced):
+                raise PartitionFenced(f"{self._queue}/{self._partition}", self.epoch)
         failed = [name for name, outcome in zip(replicas, outcomes) if isinstance(outcome, BaseException)]
         if failed:
             self._lost(failed)

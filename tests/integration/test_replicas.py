@@ -13,8 +13,11 @@ from typing import Any
 import pytest
 import ray
 from ray.cluster_utils import Cluster
+from ray.exceptions import RayTaskError
 
 import rayqueue
+from rayqueue.errors import PartitionFenced
+from rayqueue.rows import send_rows
 from support.waiting import kill_and_wait
 
 
@@ -125,3 +128,24 @@ def test_killed_replica_is_replaced(cluster):
         time.sleep(0.2)
     assert len(in_sync) == 2 and name not in in_sync
     assert drain(queue) == [b"x"]
+
+
+def test_a_replaced_leader_that_still_runs_acknowledges_nothing(cluster):
+    """A leader whose replica was promoted behind its back (as when Ray declared its
+    node dead but its process lives on, reachable): the replica refuses its writes,
+    so it acknowledges nothing, and from then on it serves nothing."""
+    _, client = cluster
+    queue = new_queue(client, replicas=1, durability="replicas")
+    queue.send(b"before")
+    old = leader(queue)
+    (replica_name,) = ray.get(old.in_sync_replicas.remote())
+    replica = ray.get_actor(replica_name)
+    ray.get(replica.promote.remote())
+
+    rows = send_rows(queue.config, [b"after"], ["after-id"])
+    for call in (lambda: old.send.remote(rows, False), lambda: old.receive.remote(10, 0.0, None)):
+        with pytest.raises(RayTaskError) as caught:
+            ray.get(call())
+        assert isinstance(caught.value.cause, PartitionFenced)
+    delivered = ray.get(replica.receive.remote(10, 0.0, None))
+    assert delivered.column("body").to_pylist() == [b"before"]

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from typing import Any
 
 import ray
-from ray.exceptions import RayActorError
 
 
 def wait_for(predicate: Callable[[], bool], timeout_s: float, interval_s: float = 0.5) -> bool:
@@ -21,18 +21,21 @@ def wait_for(predicate: Callable[[], bool], timeout_s: float, interval_s: float 
 
 
 def kill_and_wait(actor: Any, timeout_s: float = 10.0) -> None:
-    """``ray.kill`` an actor (no restart) and return once Ray says it is dead.
+    """``ray.kill`` an actor (no restart) and return once its process has exited.
 
     The kill is asynchronous: for a few tens of milliseconds the process still
     serves calls that do not go through Ray (the direct channel). A test about
     what happens *after* a death must not race it.
     """
+    pid = ray.get(actor.__ray_call__.remote(lambda self: os.getpid()))
     ray.kill(actor, no_restart=True)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            ray.get(actor.ready.remote(), timeout=timeout_s)
-        except RayActorError:
-            return
-        time.sleep(0.01)
-    raise AssertionError(f"{actor} still answers {timeout_s} s after ray.kill")
+    if not wait_for(lambda: not _running(pid), timeout_s, interval_s=0.01):
+        raise AssertionError(f"process {pid} still runs {timeout_s} s after ray.kill")
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
