@@ -46,6 +46,8 @@ class Ledger:
 
     lock: threading.Lock = field(default_factory=threading.Lock)
     acknowledged: set[str] = field(default_factory=set)
+    #: When each message was acknowledged, and to which partition: to explain a loss.
+    acknowledged_at: dict[str, tuple[int, float]] = field(default_factory=dict)
     deliveries: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     deleted_at: dict[str, float] = field(default_factory=dict)
     accepted: dict[int, list[float]] = field(default_factory=lambda: defaultdict(list))
@@ -55,6 +57,7 @@ class Ledger:
     def sent(self, partition: int, message_id: str) -> None:
         with self.lock:
             self.acknowledged.add(message_id)
+            self.acknowledged_at[message_id] = (partition, time.monotonic())
             self.accepted[partition].append(time.monotonic())
 
     def delivered(self, message_ids: list[str]) -> None:
@@ -111,6 +114,8 @@ class Chaos:
         self.rng = rng
         self.leader_deaths: list[tuple[int, float]] = []
         self.actions: list[str] = []
+        #: (when, action, partition) of every round.
+        self.timeline: list[tuple[float, str, int]] = []
 
     def _leader(self, partition: int) -> Any:
         return self.queue._target.route.partitions[partition]
@@ -124,6 +129,7 @@ class Chaos:
         self._refresh()
         action = self.rng.choice(["kill_leader", "sigkill_leader", "kill_replica", "kill_coordinator", "remove_node"])
         partition = self.rng.randrange(self.queue.config.partitions)
+        self.timeline.append((time.monotonic(), action, partition))
         try:
             getattr(self, action)(partition)
         except Exception as error:  # e.g. the target was mid-failover: this round has no fault
@@ -174,6 +180,19 @@ def longest_gaps(ledger: Ledger, started: float, ended: float) -> dict[int, floa
         marks = [started, *sorted(accepted), ended]
         gaps[partition] = max(b - a for a, b in zip(marks, marks[1:]))
     return gaps
+
+
+def explain_losses(ledger: Ledger, timeline: list[tuple[float, str, int]], started: float) -> None:
+    """On stderr: each lost message's partition and acknowledgement time, among the faults."""
+    lost = sorted(ledger.acknowledged - set(ledger.deliveries), key=lambda m: ledger.acknowledged_at[m][1])
+    if not lost:
+        return
+    events = [(t, f"fault {action} on partition {p}") for t, action, p in timeline]
+    for message_id in lost[:20]:
+        partition, at = ledger.acknowledged_at[message_id]
+        events.append((at, f"LOST {message_id}, acknowledged by partition {partition}"))
+    for at, what in sorted(events):
+        print(f"[{at - started:8.3f} s] {what}", file=sys.stderr, flush=True)
 
 
 def check(ledger: Ledger) -> dict[str, int]:
@@ -257,6 +276,7 @@ def run(cluster: Cluster, queue: rayqueue.Queue, args: argparse.Namespace) -> di
     for thread in consumers:
         thread.join()
 
+    explain_losses(ledger, chaos.timeline, started)
     failovers = failover_times(ledger, chaos.leader_deaths)
     gaps = longest_gaps(ledger, started, ended)
     return {

@@ -9,8 +9,10 @@ the actors, and carries every control call.
 - **Who may talk.** A server answers only connections that start with its
   random token, and a handle learns the token only through a Ray call to the
   actor: the channel trusts exactly whom Ray trusts.
-- **Frames.** An 8-byte length, then a pickle: ``(partition, method, args)``
-  one way, ``(ok, result or error)`` back. One call at a time per connection,
+- **Frames.** A pickle (protocol 5): ``(partition, method, args)`` one way,
+  ``(ok, result or error)`` back. Large buffers (Arrow columns) travel after it,
+  out of band, so a batch of bodies is never copied into the pickle: a header
+  gives the pickle's length and each buffer's. One call at a time per connection,
   so a reply always answers the last request; concurrent calls use more
   connections, which each pool keeps for reuse.
 - **Failures.** A connection that breaks, is refused or times out raises
@@ -34,7 +36,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+_HEADER = struct.Struct("!QI")  # pickle length, buffer count; then a length per buffer
 _LENGTH = struct.Struct("!Q")
+#: Buffers at least this large travel out of band; smaller ones stay in the pickle.
+_OUT_OF_BAND_BYTES = 16 * 1024
 _TOKEN_BYTES = 32
 #: Seconds of silence before a client probes whether the server's host is still there.
 KEEPALIVE_IDLE_S = 2
@@ -58,23 +63,36 @@ class ChannelBroken(Exception):
     """
 
 
-def _dumps(value: Any) -> bytes:
-    return pickle.dumps(value, protocol=5)
+def _frame(value: Any) -> list[bytes | memoryview]:
+    """A frame's parts: header and pickle in one piece, then each large buffer as it is."""
+    buffers: list[memoryview] = []
+
+    def out_of_band(buffer: pickle.PickleBuffer) -> bool:
+        view = buffer.raw()
+        if view.nbytes < _OUT_OF_BAND_BYTES:
+            return True  # in band
+        buffers.append(view)
+        return False
+
+    data = pickle.dumps(value, protocol=5, buffer_callback=out_of_band)
+    lengths = b"".join(_LENGTH.pack(view.nbytes) for view in buffers)
+    return [_HEADER.pack(len(data), len(buffers)) + lengths + data, *buffers]
 
 
-def _frame(payload: bytes) -> list[bytes]:
-    """A frame's parts: small ones in one piece (one packet), large ones without copying."""
-    header = _LENGTH.pack(len(payload))
-    return [header + payload] if len(payload) < 65536 else [header, payload]
-
-
-def _reply(ok: bool, value: Any) -> bytes:
+def _reply(ok: bool, value: Any) -> list[bytes | memoryview]:
     try:
-        return _dumps((ok, value))
+        return _frame((ok, value))
     except Exception as error:  # an error that does not pickle still reaches the caller
         from rayqueue.errors import RayQueueError
 
-        return _dumps((False, RayQueueError(f"{type(value).__name__}: {value} (and it would not pickle: {error})")))
+        return _frame((False, RayQueueError(f"{type(value).__name__}: {value} (and it would not pickle: {error})")))
+
+
+async def _read_frame(reader: asyncio.StreamReader) -> Any:
+    size, count = _HEADER.unpack(await reader.readexactly(_HEADER.size))
+    lengths = struct.unpack(f"!{count}Q", await reader.readexactly(8 * count)) if count else ()
+    data = await reader.readexactly(size)
+    return pickle.loads(data, buffers=[await reader.readexactly(length) for length in lengths])
 
 
 # ------------------------------------------------------------------- server
@@ -107,13 +125,12 @@ class Server:
             if not hmac.compare_digest(token, self._token):
                 return
             while True:
-                (length,) = _LENGTH.unpack(await reader.readexactly(_LENGTH.size))
-                partition, method, args = pickle.loads(await reader.readexactly(length))
+                partition, method, args = await _read_frame(reader)
                 try:
                     reply = _reply(True, await self._dispatch(partition, method, args))
                 except Exception as error:
                     reply = _reply(False, error)
-                writer.writelines(_frame(reply))
+                writer.writelines(reply)
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError):
             pass  # the client went away
@@ -155,9 +172,9 @@ class Connection:
             raise ChannelBroken(f"cannot connect to {endpoint.host}:{endpoint.port}: {error}") from None
 
     def request(self, partition: str, method: str, args: tuple[Any, ...]) -> None:
-        payload = _dumps((partition, method, args))
+        parts = _frame((partition, method, args))
         try:
-            for part in _frame(payload):
+            for part in parts:
                 self._sock.sendall(part)
         except OSError as error:
             self.close()
@@ -167,8 +184,10 @@ class Connection:
         """The reply to the last request: its result, or the error it raised."""
         try:
             self._sock.settimeout(timeout_s)
-            (length,) = _LENGTH.unpack(self._read(_LENGTH.size))
-            ok, value = pickle.loads(self._read(length))
+            size, count = _HEADER.unpack(self._read(_HEADER.size))
+            lengths = struct.unpack(f"!{count}Q", self._read(8 * count)) if count else ()
+            data = self._read(size)
+            ok, value = pickle.loads(data, buffers=[self._read(length) for length in lengths])
         except (OSError, EOFError) as error:
             self.close()
             raise ChannelBroken(f"no reply from {self.endpoint.host}:{self.endpoint.port}: {error}") from None
@@ -243,10 +262,9 @@ class AsyncPool:
                 _no_delay(writer.get_extra_info("socket"))
                 _keep_alive(writer.get_extra_info("socket"))
                 writer.write(endpoint.token)
-            writer.writelines(_frame(_dumps((partition, method, args))))
+            writer.writelines(_frame((partition, method, args)))
             await writer.drain()
-            (length,) = _LENGTH.unpack(await reader.readexactly(_LENGTH.size))
-            ok, value = pickle.loads(await reader.readexactly(length))
+            ok, value = await _read_frame(reader)
         except (OSError, asyncio.IncompleteReadError) as error:
             if writer is not None:
                 writer.close()

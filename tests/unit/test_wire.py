@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
+import pyarrow as pa
 import pytest
 
 from rayqueue.errors import MessageTooLarge, RayQueueError
@@ -106,6 +107,23 @@ def test_a_connection_survives_an_error_reply(running):
 def test_large_payloads_cross_whole(running):
     body = bytes(range(256)) * (20 * 1024)  # 5 MiB
     assert call(running.endpoint, "echo", body) == ("p", (body,))
+
+
+def test_arrow_columns_cross_out_of_band_whole(running):
+    bodies = [bytes([i % 251]) * (1000 + i) for i in range(300)]  # 0.3 MB of body buffer
+    table = pa.table({"body": pa.array(bodies, pa.binary()), "n": pa.array(range(300), pa.int64())})
+    _, (echoed,) = call(running.endpoint, "echo", table)
+    assert echoed.equals(table)
+
+    async def main() -> Any:
+        pool = AsyncPool()
+        try:
+            return await pool.call(running.endpoint, "p", "echo", (table.slice(100),))
+        finally:
+            pool.close()
+
+    _, (sliced,) = asyncio.run(main())
+    assert sliced.equals(table.slice(100))
 
 
 def test_a_wrong_token_is_refused(running):
