@@ -165,9 +165,6 @@ class PartitionLauncher(Protocol):
     def promote(self, record: QueueRecord, partition: int, name: str) -> None:
         """Make the replica ``name`` the partition's leader; return once it serves."""
 
-    def in_sync(self, leader: str) -> list[str]:
-        """Names of the replicas the leader ``leader`` still counts as in sync."""
-
     def kill(self, name: str) -> None:
         """Stop one actor for good (it may be dead already)."""
 
@@ -297,17 +294,22 @@ class Coordinator:
                 elif len(placement.replicas) < record.config.replicas or dead & set(placement.replicas):
                     self._replace_replicas(name, partition, dead)
 
-    def replica_lost(self, name: str, partition: int) -> None:
-        """A leader dropped replicas from its in-sync set: replace them."""
+    def replica_lost(self, name: str, partition: int, lost: list[str]) -> None:
+        """A leader dropped these replicas from its in-sync set: stop and replace them.
+
+        Only the named ones: a replica that is still joining is not in the in-sync set
+        either, and a late or repeated report must not take it down too.
+        """
         record = self._queues.get(name)
         if record is None or partition >= len(record.placements):
             return
         placement = record.placements[partition]
-        in_sync = set(self._launcher.in_sync(placement.leader))
-        for replica in placement.replicas:
-            if replica not in in_sync:
-                self._launcher.kill(replica)
-        kept = tuple(replica for replica in placement.replicas if replica in in_sync)
+        gone = [replica for replica in placement.replicas if replica in lost]
+        if not gone:
+            return
+        for replica in gone:
+            self._launcher.kill(replica)
+        kept = tuple(replica for replica in placement.replicas if replica not in gone)
         self._place(name, partition, placement.leader, kept, placement.next_generation)
 
     def _fail_over(self, name: str, partition: int, dead: set[str]) -> None:

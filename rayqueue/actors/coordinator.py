@@ -165,12 +165,6 @@ class RayLauncher:
             raise PartitionUnavailable(record.config.name, partition, f"replica {name} is gone")
         ray.get(replica.promote.remote(), timeout=PROMOTE_TIMEOUT_S)
 
-    def in_sync(self, leader: str) -> list[str]:
-        actor = self._find(leader)
-        try:
-            return ray.get(actor.in_sync_replicas.remote(), timeout=PROBE_TIMEOUT_S) if actor else []
-        except (RayActorError, RayTaskError, GetTimeoutError):
-            return []
 
     def partition_stats(self, leaders: list[str]) -> list[Any]:
         outcomes = self._ask({name: self._handle(name) for name in leaders}, "stats")
@@ -246,9 +240,9 @@ class CoordinatorActor:
         with self._lock:
             return self._coordinator.report_failure(name, partition)
 
-    def replica_lost(self, name: str, partition: int) -> None:
+    def replica_lost(self, name: str, partition: int, lost: list[str]) -> None:
         with self._lock:
-            self._coordinator.replica_lost(name, partition)
+            self._coordinator.replica_lost(name, partition, lost)
 
     def list_queues(self) -> list[str]:
         with self._lock:

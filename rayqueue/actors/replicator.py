@@ -54,7 +54,7 @@ class RayReplicator:
         outcomes = await asyncio.gather(
             *(self._catch_up(name, replica, held) for name, replica in newcomers.items()), return_exceptions=True
         )
-        failed = [name for name, outcome in zip(newcomers, outcomes) if isinstance(outcome, BaseException)]
+        failed = {name: outcome for name, outcome in zip(newcomers, outcomes) if isinstance(outcome, BaseException)}
         for name, replica in newcomers.items():
             if self._joining.pop(name, None) is not None and name not in failed:
                 self._in_sync[name] = replica
@@ -102,20 +102,21 @@ class RayReplicator:
             cause = getattr(outcome, "cause", outcome)  # a RayTaskError carries what the replica raised
             if isinstance(cause, PartitionFenced):
                 raise PartitionFenced(f"{self._queue}/{self._partition}", self.epoch)
-        failed = [name for name, outcome in zip(replicas, outcomes) if isinstance(outcome, BaseException)]
+        failed = {name: outcome for name, outcome in zip(replicas, outcomes) if isinstance(outcome, BaseException)}
         if failed:
             self._lost(failed)
         return bool(self._in_sync)
 
-    def _lost(self, names: list[str]) -> None:
+    def _lost(self, failed: dict[str, BaseException]) -> None:
         """Out of sync for good: the coordinator replaces them."""
-        for name in names:
+        for name in failed:
             self._in_sync.pop(name, None)
             self._joining.pop(name, None)
-        log.warning("%s partition %d: replicas %s left the in-sync set", self._queue, self._partition, names)
+        causes = {name: f"{type(error).__name__}: {error}"[:200] for name, error in failed.items()}
+        log.warning("%s partition %d: replicas left the in-sync set: %s", self._queue, self._partition, causes)
         try:
             coordinator = ray.get_actor(defaults.COORDINATOR_NAME, namespace=self._namespace)
-            coordinator.replica_lost.remote(self._queue, self._partition)
+            coordinator.replica_lost.remote(self._queue, self._partition, list(failed))
         except Exception:  # the coordinator's health check finds dead replicas anyway
             log.exception("could not tell the coordinator about lost replicas")
 

@@ -26,7 +26,6 @@ class FakeLauncher:
         self.dead_actors: set[str] = set()
         self.promoted: list[str] = []
         self.killed: list[str] = []
-        self.in_sync_replicas: dict[str, list[str]] = {}
         self.stats: dict[str, PartitionStats] = {}
         self.scaling: dict[str, tuple[bool, int]] = {}
 
@@ -39,9 +38,6 @@ class FakeLauncher:
 
     def promote(self, record: QueueRecord, partition: int, name: str) -> None:
         self.promoted.append(name)
-
-    def in_sync(self, leader: str) -> list[str]:
-        return self.in_sync_replicas.get(leader, [])
 
     def kill(self, name: str) -> None:
         self.killed.append(name)
@@ -328,13 +324,29 @@ def test_replicas_out_of_sync_are_stopped_and_replaced(storage_url):
     coord = coordinator(storage_url, launcher)
     coord.create_queue(config(replicas=2))
     before = placement_of(coord)
-    launcher.in_sync_replicas[before.leader] = [before.replicas[1]]
 
-    coord.replica_lost("orders", 0)
+    coord.replica_lost("orders", 0, [before.replicas[0]])
 
     after = placement_of(coord)
     assert launcher.killed == [before.replicas[0]]
     assert after.replicas[0] == before.replicas[1] and len(after.replicas) == 2
+    assert before.replicas[0] not in after.replicas
+
+
+def test_a_repeated_loss_report_leaves_the_replacement_alone(storage_url):
+    # Two writes that failed on the same replica report it twice; the replica started
+    # after the first report is still joining (not in sync) and must survive the second.
+    launcher = FakeLauncher()
+    coord = coordinator(storage_url, launcher)
+    coord.create_queue(config(replicas=1))
+    lost = placement_of(coord).replicas[0]
+    coord.replica_lost("orders", 0, [lost])
+    replacement = placement_of(coord).replicas
+
+    coord.replica_lost("orders", 0, [lost])
+
+    assert placement_of(coord).replicas == replacement
+    assert launcher.killed == [lost]
 
 
 def test_without_replicas_a_restarting_leader_is_left_to_ray(storage_url):
