@@ -56,11 +56,16 @@ class Endpoint:
 
 
 class ChannelBroken(Exception):
-    """The connection failed or timed out; the call may or may not have run.
+    """The connection failed or timed out; the call may or may not have run
+    (unless ``connecting``: then no connection was made, and nothing was sent).
 
     Internal: callers turn it into a retry, and users see ``PartitionUnavailable``
     only if retries run out.
     """
+
+    def __init__(self, message: str, *, connecting: bool = False) -> None:
+        super().__init__(message)
+        self.connecting = connecting
 
 
 def _frame(value: Any) -> list[bytes | memoryview]:
@@ -169,7 +174,7 @@ class Connection:
             _keep_alive(self._sock)
             self._sock.sendall(endpoint.token)
         except OSError as error:
-            raise ChannelBroken(f"cannot connect to {endpoint.host}:{endpoint.port}: {error}") from None
+            raise ChannelBroken(f"cannot connect to {endpoint.host}:{endpoint.port}: {error}", connecting=True) from None
 
     def request(self, partition: str, method: str, args: tuple[Any, ...]) -> None:
         parts = _frame((partition, method, args))
@@ -244,6 +249,17 @@ class Pool:
 # --------------------------------------------------------- awaitable client
 
 
+async def _connect(endpoint: Endpoint) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    try:
+        reader, writer = await asyncio.open_connection(endpoint.host, endpoint.port)
+    except OSError as error:
+        raise ChannelBroken(f"cannot connect to {endpoint.host}:{endpoint.port}: {error}", connecting=True) from None
+    _no_delay(writer.get_extra_info("socket"))
+    _keep_alive(writer.get_extra_info("socket"))
+    writer.write(endpoint.token)
+    return reader, writer
+
+
 class AsyncPool:
     """Idle asyncio connections by endpoint, for one event loop."""
 
@@ -258,10 +274,7 @@ class AsyncPool:
             if idle:
                 reader, writer = idle.pop()
             else:
-                reader, writer = await asyncio.open_connection(endpoint.host, endpoint.port)
-                _no_delay(writer.get_extra_info("socket"))
-                _keep_alive(writer.get_extra_info("socket"))
-                writer.write(endpoint.token)
+                reader, writer = await _connect(endpoint)
             writer.writelines(_frame((partition, method, args)))
             await writer.drain()
             ok, value = await _read_frame(reader)

@@ -19,6 +19,7 @@ from ray.exceptions import GetTimeoutError, ObjectLostError, RayActorError, RayT
 
 from rayqueue import defaults
 from rayqueue.actors import channel
+from rayqueue.actors.channel import unwrap
 from rayqueue.errors import PartitionFenced, PartitionRetired, PartitionUnavailable, RayQueueError
 from rayqueue.plan import Call, FirstOf, Plan, Step, T, Target
 from rayqueue.wire import ChannelBroken
@@ -30,12 +31,6 @@ _ELSEWHERE = (PartitionUnavailable, PartitionFenced)
 #: A call that takes longer than its own wait plus this is treated as lost.
 CALL_TIMEOUT_S = 60.0
 _BACKOFF_S = (0.05, 0.1, 0.2, 0.4, 0.8)
-
-
-def unwrap(error: RayTaskError) -> BaseException:
-    """The exception the actor raised, as it raised it."""
-    cause = getattr(error, "cause", None)
-    return cause if isinstance(cause, BaseException) else error
 
 
 def _actor(target: Target, call: Call) -> Any:

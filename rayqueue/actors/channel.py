@@ -1,27 +1,42 @@
-"""Partition calls over the direct channel (``rayqueue.wire``).
+"""Partition calls over the direct channel (``rayqueue.wire``), or through Ray.
 
 A route names each partition by its Ray actor handle (or, for a partition in a
 shared host, by the host's handle and the partition's name). The first call to
 an actor asks it, through Ray, for its channel endpoint; later calls go
 straight to the socket. An endpoint that fails is forgotten, so the retry asks
 Ray again, which also waits out an actor that Ray is restarting (on a new port).
+
+Where the socket cannot be reached although Ray says the actor lives (a
+firewall that lets only Ray's ports through, a driver outside the cluster's
+network), calls to that actor go through Ray for a while instead: slower, never
+broken. ``RAYQUEUE_CHANNEL=ray`` sends every call through Ray.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
+import time
 import weakref
 from typing import Any
 
 import ray
+from ray.exceptions import RayTaskError
 
 from rayqueue.actors.host import HostedPartition
 from rayqueue.wire import AsyncPool, ChannelBroken, Connection, Endpoint, Pool
 
+log = logging.getLogger(__name__)
+
 #: ``ActorTableData.ActorState`` RESTARTING and DEAD in Ray's GCS protocol. (A handle
 #: that came from elsewhere may show an early state for a while: only these count.)
 _GONE = (3, 4)
+#: After an unreachable socket, an actor's calls go through Ray this long, then the socket is tried again.
+RAY_FALLBACK_S = 60.0
+
 _endpoints: dict[Any, Endpoint] = {}
+_through_ray_until: dict[Any, float] = {}
 _pool = Pool()
 _async_pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncPool] = weakref.WeakKeyDictionary()
 
@@ -44,6 +59,22 @@ def _alive(actor: Any) -> bool:
     return state not in _GONE
 
 
+def _through_ray(actor: Any) -> bool:
+    if os.environ.get("RAYQUEUE_CHANNEL") == "ray":
+        return True
+    return _through_ray_until.get(actor._actor_id, 0.0) > time.monotonic()
+
+
+def _unreachable(actor: Any, endpoint: Endpoint, error: ChannelBroken) -> bool:
+    """After a failed connect: whether to go through Ray (the actor lives, its port is
+    out of reach) rather than retry (the actor is gone)."""
+    if not _alive(actor):
+        return False
+    log.warning("cannot reach %s:%d (%s); calls go through Ray for %.0f s", endpoint.host, endpoint.port, error, RAY_FALLBACK_S)
+    _through_ray_until[actor._actor_id] = time.monotonic() + RAY_FALLBACK_S
+    return True
+
+
 def _forget(actor: Any, endpoint: Endpoint | None) -> None:
     _endpoints.pop(actor._actor_id, None)
     if endpoint is not None:
@@ -52,27 +83,54 @@ def _forget(actor: Any, endpoint: Endpoint | None) -> None:
             pool.forget(endpoint)
 
 
+def _check_alive(actor: Any) -> None:
+    if not _alive(actor):
+        _forget(actor, _endpoints.get(actor._actor_id))
+        raise ChannelBroken(f"Ray reports actor {actor._actor_id.hex()} is not alive")
+
+
+def unwrap(error: RayTaskError) -> BaseException:
+    """The exception the actor raised, as it raised it."""
+    cause = getattr(error, "cause", None)
+    return cause if isinstance(cause, BaseException) else error
+
+
 class Pending:
     """A blocking call that was sent; ``result`` waits for its reply."""
 
     def __init__(self, handle: Any, method: str, args: tuple[Any, ...], timeout_s: float) -> None:
         self._actor, name = _address(handle)
-        if not _alive(self._actor):
-            _forget(self._actor, _endpoints.get(self._actor._actor_id))
-            raise ChannelBroken(f"Ray reports actor {self._actor._actor_id.hex()} is not alive")
+        _check_alive(self._actor)
+        self._ref: ray.ObjectRef | None = None
+        if _through_ray(self._actor):
+            self._ref = getattr(handle, method).remote(*args)
+            return
         self._endpoint = _endpoints.get(self._actor._actor_id)
         if self._endpoint is None:
             self._endpoint = ray.get(self._actor.wire_endpoint.remote(), timeout=timeout_s)
             _endpoints[self._actor._actor_id] = self._endpoint
         try:
             self._connection: Connection = _pool.take(self._endpoint, timeout_s)
+        except ChannelBroken as error:
+            _forget(self._actor, self._endpoint)
+            if not _unreachable(self._actor, self._endpoint, error):
+                raise
+            self._ref = getattr(handle, method).remote(*args)
+            return
+        try:
             self._connection.request(name, method, args)
         except ChannelBroken:
             _forget(self._actor, self._endpoint)
             raise
 
     def result(self, timeout_s: float) -> Any:
-        """The call's result; raises what the partition raised, or ``ChannelBroken``."""
+        """The call's result; raises what the partition raised, or ``ChannelBroken``
+        (or Ray's errors, when the call went through Ray)."""
+        if self._ref is not None:
+            try:
+                return ray.get(self._ref, timeout=timeout_s)
+            except RayTaskError as error:
+                raise unwrap(error) from None
         try:
             value = self._connection.reply(timeout_s)
         except ChannelBroken:
@@ -88,19 +146,23 @@ class Pending:
 async def call_async(handle: Any, method: str, args: tuple[Any, ...]) -> Any:
     """One call from an event loop; the caller bounds its time."""
     actor, name = _address(handle)
-    if not _alive(actor):
-        _forget(actor, _endpoints.get(actor._actor_id))
-        raise ChannelBroken(f"Ray reports actor {actor._actor_id.hex()} is not alive")
-    endpoint = _endpoints.get(actor._actor_id)
-    if endpoint is None:
-        endpoint = await actor.wire_endpoint.remote()
-        _endpoints[actor._actor_id] = endpoint
-    loop = asyncio.get_running_loop()
-    pool = _async_pools.get(loop)
-    if pool is None:
-        pool = _async_pools[loop] = AsyncPool()
+    _check_alive(actor)
+    if not _through_ray(actor):
+        endpoint = _endpoints.get(actor._actor_id)
+        if endpoint is None:
+            endpoint = await actor.wire_endpoint.remote()
+            _endpoints[actor._actor_id] = endpoint
+        loop = asyncio.get_running_loop()
+        pool = _async_pools.get(loop)
+        if pool is None:
+            pool = _async_pools[loop] = AsyncPool()
+        try:
+            return await pool.call(endpoint, name, method, args)
+        except ChannelBroken as error:
+            _forget(actor, endpoint)
+            if not (error.connecting and _unreachable(actor, endpoint, error)):
+                raise
     try:
-        return await pool.call(endpoint, name, method, args)
-    except ChannelBroken:
-        _forget(actor, endpoint)
-        raise
+        return await getattr(handle, method).remote(*args)
+    except RayTaskError as error:
+        raise unwrap(error) from None
