@@ -31,6 +31,7 @@ from rayqueue.message import PartitionStats
 from rayqueue.metrics import NoMetrics, PartitionMetrics
 from rayqueue.replication import HeldWrites, Replicator
 from rayqueue.storage import PartitionStore, RecoveredPartition
+from rayqueue.storage.format import body_sizes
 from rayqueue.storage.partition_store import Checkpoint
 
 log = logging.getLogger(__name__)
@@ -156,12 +157,11 @@ class PartitionService:
             await asyncio.gather(*earlier)
 
     def _check_sizes(self, rows: pa.Table) -> None:
-        sizes = pc.binary_length(rows.column("body"))
+        sizes = body_sizes(rows.column("body"))
         limit = self.config.max_message_bytes
-        too_large = pc.greater(sizes, limit)
-        if pc.any(too_large).as_py():
-            index = pc.index(too_large, True).as_py()
-            raise MessageTooLarge(self.config.name, sizes[index].as_py(), limit, index)
+        if len(sizes) and sizes.max() > limit:
+            index = int(np.argmax(sizes > limit))
+            raise MessageTooLarge(self.config.name, int(sizes[index]), limit, index)
 
     def _drop_duplicates(self, rows: pa.Table) -> tuple[pa.Table, list[str], list[asyncio.Future[None]]]:
         ids = rows.column("id").to_pylist()
@@ -193,7 +193,7 @@ class PartitionService:
             raise
         self._log.publish(segment, name, explicit_ids=any(dedup for _, dedup in items), stored=stored)
         self._sent_total += count
-        self._metrics.sent(count, pc.sum(pc.binary_length(segment.column("body"))).as_py())
+        self._metrics.sent(count, int(body_sizes(segment.column("body")).sum()))
         self._report_state()
         self._notify()
 

@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from rayqueue.errors import InvalidReceipt, QueueFull
-from rayqueue.storage.format import SEGMENT_SCHEMA
+from rayqueue.storage.format import SEGMENT_SCHEMA, body_sizes
 
 #: Columns a delivery adds to the segment's own.
 DELIVERY_SCHEMA = pa.schema(
@@ -87,9 +87,13 @@ class Chunk:
     @classmethod
     def from_segment(cls, batch: pa.RecordBatch, segment: str) -> Chunk:
         first = batch.column(0)[0].as_py()
-        sent = batch.column("sent_at").cast(pa.int64()).to_numpy() / _MICROS
-        sizes = pc.binary_length(batch.column("body")).to_numpy().astype(np.int64)
+        sent = batch.column("sent_at").view(pa.int64()).to_numpy() / _MICROS
+        sizes = body_sizes(batch.column("body"))
         return cls(batch=batch, segment=segment, first=first, rows=batch.num_rows, sent_at=sent, sizes=sizes)
+
+
+def _one_chunk(column: pa.ChunkedArray) -> pa.Array:
+    return column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
 
 
 @dataclass
@@ -289,8 +293,8 @@ class PartitionLog:
         self._last_sent_at = max(self._last_sent_at, now)
         micros = int(self._last_sent_at * _MICROS)
         columns = [pa.array(np.arange(first, first + count, dtype=np.int64))]
-        columns += [rows.column(name).combine_chunks() for name in ("id", "body", "key", "attributes")]
-        columns.append(pa.array(np.full(count, micros, np.int64)).cast(SEGMENT_SCHEMA.field("sent_at").type))
+        columns += [_one_chunk(rows.column(name)) for name in ("id", "body", "key", "attributes")]
+        columns.append(pa.array(np.full(count, micros, np.int64), SEGMENT_SCHEMA.field("sent_at").type))
         return pa.RecordBatch.from_arrays(columns, schema=SEGMENT_SCHEMA)
 
     def publish(self, segment: pa.RecordBatch, name: str, explicit_ids: bool = False, stored: bool = True) -> None:

@@ -171,3 +171,14 @@ def decode_json(data: bytes, path: str, kind: str) -> dict[str, Any]:
     if document.get("format", 0) > FORMAT_VERSION:
         raise StorageCorrupt(path, f"format {document['format']} is newer than this rayqueue ({FORMAT_VERSION})")
     return document
+
+
+def body_sizes(bodies: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """Each body's length in bytes, from the offsets (no compute kernel per call)."""
+    if isinstance(bodies, pa.ChunkedArray):
+        if bodies.num_chunks != 1:
+            return np.concatenate([body_sizes(chunk) for chunk in bodies.chunks]) if bodies.num_chunks else np.empty(0, np.int64)
+        bodies = bodies.chunk(0)
+    width = np.int64 if pa.types.is_large_binary(bodies.type) or pa.types.is_large_string(bodies.type) else np.int32
+    offsets = np.frombuffer(bodies.buffers()[1], width)[bodies.offset : bodies.offset + len(bodies) + 1]
+    return np.diff(offsets).astype(np.int64, copy=False)
