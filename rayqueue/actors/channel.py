@@ -24,7 +24,7 @@ from typing import Any
 import ray
 from ray.exceptions import RayTaskError
 
-from rayqueue.actors.host import HostedPartition
+from rayqueue.actors.hosted import HostedPartition
 from rayqueue.wire import AsyncPool, ChannelBroken, Connection, Endpoint, Pool
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,8 @@ from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from rayqueue import defaults
-from rayqueue.actors.host import HostedPartition, RemoteHost
+from rayqueue.actors.host import RemoteHost
+from rayqueue.actors.hosted import HostedPartition
 from rayqueue.actors.partition import RemotePartition, Role
 from rayqueue.config import QueueConfig
 from rayqueue.coordinator import SHARED_PREFIX, Coordinator, QueueRecord, Route

@@ -15,7 +15,7 @@ from typing import Any
 
 import ray
 
-from rayqueue.actors.partition import WIRE_METHODS, PartitionActor, serve_wire
+from rayqueue.actors.partition import REPLICA_WIRE_METHODS, WIRE_METHODS, PartitionActor, serve_wire
 from rayqueue.errors import PartitionUnavailable
 from rayqueue.wire import Endpoint, Server
 
@@ -53,36 +53,9 @@ class PartitionHost:
         return endpoint
 
     async def _dispatch(self, name: str, method: str, args: tuple[Any, ...]) -> Any:
-        if method not in WIRE_METHODS:
+        if method not in WIRE_METHODS and method not in REPLICA_WIRE_METHODS:
             raise PartitionUnavailable(name, -1, f"{method!r} is not a data call")
         return await self.call(name, method, *args)
 
 
 RemoteHost = ray.remote(PartitionHost)
-
-
-class HostedPartition:
-    """Stands in for a hosted partition's actor handle: ``hosted.send.remote(...)``."""
-
-    def __init__(self, host: Any, name: str) -> None:
-        self.host = host
-        self.name = name
-
-    def __getattr__(self, method: str) -> _Method:
-        if method.startswith("__"):
-            raise AttributeError(method)
-        return _Method(self.host, self.name, method)
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (HostedPartition, (self.host, self.name))
-
-    def __repr__(self) -> str:
-        return f"HostedPartition({self.name!r})"
-
-
-class _Method:
-    def __init__(self, host: Any, name: str, method: str) -> None:
-        self._host, self._name, self._method = host, name, method
-
-    def remote(self, *args: Any) -> ray.ObjectRef:
-        return self._host.call.remote(self._name, self._method, *args)

@@ -8,6 +8,7 @@ Only forwarding lives here.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Literal
 
 import numpy as np
@@ -28,6 +29,8 @@ Role = Literal["leader", "replica"]
 
 #: What handles may call over the direct channel (rayqueue.wire): the data calls only.
 WIRE_METHODS = frozenset({"send", "receive", "wait_visible", "delete", "change_visibility", "stats"})
+#: What a leader calls on its replicas over the same channel.
+REPLICA_WIRE_METHODS = frozenset({"hold_segment", "hold_deletes"})
 
 
 async def serve_wire(server: Server | None, dispatch: Any) -> tuple[Server, Endpoint]:
@@ -113,9 +116,10 @@ class PartitionActor:
 
     async def dispatch(self, partition: str, method: str, args: tuple[Any, ...]) -> Any:
         """One data call that came over the direct channel."""
-        if method not in WIRE_METHODS:
+        if method not in WIRE_METHODS and method not in REPLICA_WIRE_METHODS:
             raise PartitionUnavailable(self._config.name, self._partition, f"{method!r} is not a data call")
-        return await getattr(self, method)(*args)
+        result = getattr(self, method)(*args)
+        return await result if inspect.isawaitable(result) else result
 
     # ----------------------------------------------------------- as a replica
 

@@ -12,6 +12,7 @@ import pyarrow as pa
 import ray
 
 from rayqueue import defaults
+from rayqueue.actors import channel
 from rayqueue.errors import PartitionFenced
 from rayqueue.replication import HeldWrites
 
@@ -62,8 +63,8 @@ class RayReplicator:
             self._lost(failed)
 
     async def _catch_up(self, name: str, replica: Any, held: HeldWrites) -> None:
-        calls = [replica.hold_segment.remote(self.epoch, batch) for batch in held.segments.values()]
-        calls += [replica.hold_deletes.remote(self.epoch, seq, offsets) for seq, offsets in held.deletes.items()]
+        calls = [channel.call_async(replica, "hold_segment", (self.epoch, batch)) for batch in held.segments.values()]
+        calls += [channel.call_async(replica, "hold_deletes", (self.epoch, seq, offsets)) for seq, offsets in held.deletes.items()]
         self._nodes[name] = await replica.node_id.remote()
         await asyncio.gather(*calls)
 
@@ -93,14 +94,13 @@ class RayReplicator:
             return False
         outcomes = await asyncio.gather(
             *(
-                asyncio.wait_for(_await(getattr(replica, method).remote(self.epoch, *args)), defaults.REPLICA_TIMEOUT_S)
+                asyncio.wait_for(channel.call_async(replica, method, (self.epoch, *args)), defaults.REPLICA_TIMEOUT_S)
                 for replica in replicas.values()
             ),
             return_exceptions=True,
         )
         for outcome in outcomes:
-            cause = getattr(outcome, "cause", outcome)  # a RayTaskError carries what the replica raised
-            if isinstance(cause, PartitionFenced):
+            if isinstance(outcome, PartitionFenced):
                 raise PartitionFenced(f"{self._queue}/{self._partition}", self.epoch)
         failed = {name: outcome for name, outcome in zip(replicas, outcomes) if isinstance(outcome, BaseException)}
         if failed:
@@ -120,6 +120,3 @@ class RayReplicator:
         except Exception:  # the coordinator's health check finds dead replicas anyway
             log.exception("could not tell the coordinator about lost replicas")
 
-
-async def _await(ref: ray.ObjectRef) -> Any:
-    return await ref
