@@ -41,6 +41,8 @@ _LENGTH = struct.Struct("!Q")
 #: Buffers at least this large travel out of band; smaller ones stay in the pickle.
 _OUT_OF_BAND_BYTES = 16 * 1024
 _TOKEN_BYTES = 32
+#: Seconds a new connection has to present the token.
+HELLO_TIMEOUT_S = 10.0
 #: Seconds of silence before a client probes whether the server's host is still there.
 KEEPALIVE_IDLE_S = 2
 
@@ -126,7 +128,7 @@ class Server:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         _no_delay(writer.get_extra_info("socket"))
         try:
-            token = await reader.readexactly(_TOKEN_BYTES)
+            token = await asyncio.wait_for(reader.readexactly(_TOKEN_BYTES), HELLO_TIMEOUT_S)
             if not hmac.compare_digest(token, self._token):
                 return
             while True:
@@ -137,8 +139,8 @@ class Server:
                     reply = _reply(False, error)
                 writer.writelines(reply)
                 await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass  # the client went away
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.TimeoutError):
+            pass  # the client went away, or never said who it is
         finally:
             writer.close()
 
@@ -225,9 +227,14 @@ class Pool:
     def __init__(self) -> None:
         self._idle: dict[Endpoint, list[Connection]] = {}
         self._lock = threading.Lock()
+        self._pid = os.getpid()
 
     def take(self, endpoint: Endpoint, timeout_s: float) -> Connection:
         with self._lock:
+            if self._pid != os.getpid():
+                # A forked child must not speak on its parent's connections: the
+                # replies would go to whichever process reads first.
+                self._idle, self._pid = {}, os.getpid()
             idle = self._idle.get(endpoint)
             if idle:
                 return idle.pop()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 import threading
 from collections.abc import Iterator
 from dataclasses import replace
@@ -219,3 +221,27 @@ def test_async_call_to_a_stopped_server_is_channel_broken(running):
 
     with pytest.raises(ChannelBroken):
         asyncio.run(main())
+
+
+def test_a_connection_that_never_presents_the_token_is_dropped(running, monkeypatch):
+    import rayqueue.wire as wire
+
+    monkeypatch.setattr(wire, "HELLO_TIMEOUT_S", 0.1)
+    silent = socket.create_connection((running.endpoint.host, running.endpoint.port))
+    silent.settimeout(5)
+    assert silent.recv(1) == b""  # closed by the server
+    silent.close()
+
+
+def test_a_forked_child_does_not_reuse_its_parents_connections(running):
+    pool = Pool()
+    parent = pool.take(running.endpoint, 5.0)
+    pool.give_back(parent)
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # the child: report whether it got the parent's connection, then leave
+        os.write(write, b"1" if pool.take(running.endpoint, 5.0) is parent else b"0")
+        os._exit(0)
+    os.waitpid(child, 0)
+    assert os.read(read, 1) == b"0"
+    assert pool.take(running.endpoint, 5.0) is parent  # the parent still has it
