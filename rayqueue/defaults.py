@@ -81,6 +81,9 @@ CHECKPOINT_EVERY = 64
 
 #: How often the coordinator checks that partition leaders and replicas are alive.
 HEALTH_CHECK_INTERVAL_S = 1.0
+#: How often a leader looks on storage for a newer leader's claim even when it writes
+#: nothing: a replaced leader that still runs stops serving receives within this time.
+LEADERSHIP_CHECK_INTERVAL_S = 0.5
 #: How long a leader waits for a replica to take a batch before dropping it from the in-sync set.
 REPLICA_TIMEOUT_S = 5.0
 

@@ -89,6 +89,7 @@ class PartitionService:
         self.retiring = False
         #: A newer leader took over (storage or a replica said so): serve nothing more.
         self.fenced = False
+        self._watching: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
         self.objects_recovered = 0
 
@@ -126,6 +127,28 @@ class PartitionService:
     @property
     def epoch(self) -> int:
         return self._store.epoch
+
+    def watch_leadership(self, interval_s: float = defaults.LEADERSHIP_CHECK_INTERVAL_S) -> None:
+        """Look for a newer leader's claim every ``interval_s`` (from the running event
+        loop, once): writes find out at once, but a leader that only serves receives
+        would otherwise hand out messages its successor has had deleted."""
+        if self._watching is None or self._watching.done():
+            try:
+                asyncio.get_running_loop()
+            except RuntimeError:  # called outside the loop (a synchronous actor method): next time
+                return
+            self._watching = asyncio.ensure_future(self._watch(interval_s))
+
+    async def _watch(self, interval_s: float) -> None:
+        while not self.fenced:
+            await asyncio.sleep(interval_s)
+            try:
+                await asyncio.to_thread(self._store.check_leader)
+            except PartitionFenced:
+                log.warning("%s partition %d: a newer leader took over; serving nothing more", self.config.name, self.partition)
+                self.fenced = True
+            except StorageUnavailable:
+                pass  # writes and the next look will tell
 
     # -------------------------------------------------------------------- sends
 

@@ -80,6 +80,7 @@ class PartitionActor:
             raise PartitionUnavailable(self._config.name, self._partition, "asked a replica, not the leader")
         if self._service.fenced:  # still running, but replaced: handles must find the new leader
             raise PartitionFenced(f"{self._config.name}/{self._partition}", self._service.epoch)
+        self._service.watch_leadership()
         return self._service
 
     # ------------------------------------------------------------------ control

@@ -177,7 +177,7 @@ class PartitionStore:
             "checkpoint": list(recovered.checkpoint) if recovered.checkpoint else None,
         }
         self._store.put_once(format.fence_name(self.epoch), format.encode_json("fence", fence))
-        self._check_leader()
+        self.check_leader()
         return recovered
 
     def _claim(self) -> int:
@@ -193,7 +193,7 @@ class PartitionStore:
             except ObjectExists:
                 epoch += 1  # another leader claimed it first: take the next
 
-    def _check_leader(self) -> None:
+    def check_leader(self) -> None:
         """Raise PartitionFenced if a newer epoch has been claimed."""
         if self._store.exists(format.claim_name(self.epoch + 1)):
             raise PartitionFenced(self._store.url, self.epoch)
@@ -297,19 +297,19 @@ class PartitionStore:
         """
         name = self.segment_name(batch.column(0)[0].as_py())
         self._store.put_once(name, format.encode_segment(batch, self.epoch))
-        self._check_leader()
+        self.check_leader()
         return name
 
     def write_deletes(self, offsets: np.ndarray, seq: int) -> None:
         """Store one delete log; durable on return, and still the leader."""
         self._store.put_once(format.deletes_name(seq, self.epoch), format.encode_deletes(offsets, self.epoch))
-        self._check_leader()
+        self.check_leader()
 
     def write_checkpoint(self, checkpoint: Checkpoint) -> int:
         """Store a checkpoint, then remove what it makes unnecessary. Returns objects removed."""
         name = format.checkpoint_name(checkpoint.seq, self.epoch)
         self._store.put_once(name, format.encode_json("checkpoint", checkpoint.to_json()))
-        self._check_leader()  # a stale leader must not remove anything
+        self.check_leader()  # a stale leader must not remove anything
         live = set(checkpoint.segments)
         garbage = [
             n

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pytest
 
 from rayqueue.config import QueueConfig
-from rayqueue.errors import InvalidReceipt, MessageTooLarge, QueueFull, StorageUnavailable
+from rayqueue.errors import InvalidReceipt, MessageTooLarge, PartitionFenced, QueueFull, StorageUnavailable
 from rayqueue.message import encode_receipt
 from rayqueue.partition import PartitionService
 from rayqueue.rows import IdSource, send_rows
@@ -538,3 +538,34 @@ def tear_last_segment(file_url: str, queue: str) -> None:
         data = handle.read()
     with open(path, "wb") as handle:
         handle.write(data[: len(data) // 2])
+
+
+def test_a_replaced_leader_that_only_reads_notices_the_newer_claim(storage_url, config, clock):
+    # A leader that serves receives writes nothing, so no write tells it that it was
+    # replaced; its own look at storage must, or it would hand out what its successor deleted.
+    async def main() -> None:
+        old = start_service(config, open_store(storage_url, config), clock)
+        await old.send(rows(config, [b"a"]), dedup=False)
+        old.watch_leadership(interval_s=0.02)
+        await asyncio.sleep(0.1)
+        assert not old.fenced  # nobody else claimed: it keeps leading
+        new = start_service(config, open_store(storage_url, config), clock)
+        assert new.epoch > old.epoch
+        for _ in range(100):
+            if old.fenced:
+                break
+            await asyncio.sleep(0.02)
+        assert old.fenced
+
+    asyncio.run(main())
+
+
+def test_a_write_that_finds_a_newer_claim_fences_the_leader(storage_url, config, clock):
+    async def main() -> None:
+        old = start_service(config, open_store(storage_url, config), clock)
+        start_service(config, open_store(storage_url, config), clock)
+        with pytest.raises(PartitionFenced):
+            await old.send(rows(config, [b"late"]), dedup=False)
+        assert old.fenced
+
+    asyncio.run(main())
