@@ -7,8 +7,8 @@ that name the offending message; partitions check again what they must enforce.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Mapping, Sequence
-from itertools import count
 from typing import Any
 
 import numpy as np
@@ -29,13 +29,22 @@ class IdSource:
 
     def __init__(self) -> None:
         self._prefix = os.urandom(8).hex()
-        self._counter = count()
+        self._next = 0
+        # A handle is shared by threads: two ranges must never overlap (a retried send
+        # drops ids its partition has stored, so a shared id could drop another message).
+        self._lock = threading.Lock()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"_prefix": self._prefix, "_next": self._next}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
 
     def _reserve(self, n: int) -> int:
-        start = next(self._counter)
-        if n > 1:
-            # Reserve the whole range at once; itertools.count has no "advance by".
-            self._counter = count(start + n)
+        with self._lock:
+            start = self._next
+            self._next += n
         return start
 
     def take(self, n: int) -> list[str]:

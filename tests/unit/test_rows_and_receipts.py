@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import threading
 
 import pyarrow as pa
 import pytest
@@ -319,3 +320,22 @@ def test_unpickled_error_can_be_raised_and_caught_by_its_type():
 
     with pytest.raises(QueueNotFound, match="'orders' does not exist"):
         raise copy
+
+
+def test_ids_from_threads_sharing_a_source_never_repeat():
+    source = IdSource()
+    taken: list[list[str]] = []
+
+    def take() -> None:
+        mine = []
+        for n in (1, 7, 1, 100, 3) * 200:
+            mine += source.take(n)
+        taken.append(mine)
+
+    threads = [threading.Thread(target=take) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    every = [message_id for mine in taken for message_id in mine]
+    assert len(every) == len(set(every)) == 4 * 200 * 112
