@@ -49,6 +49,8 @@ class Ledger:
     #: When each message was acknowledged, and to which partition: to explain a loss.
     acknowledged_at: dict[str, tuple[int, float]] = field(default_factory=dict)
     deliveries: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    #: The receipt of each delivery (partition.offset.token): to explain a resurrection.
+    receipts: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
     deleted_at: dict[str, float] = field(default_factory=dict)
     accepted: dict[int, list[float]] = field(default_factory=lambda: defaultdict(list))
     send_errors: int = 0
@@ -60,11 +62,12 @@ class Ledger:
             self.acknowledged_at[message_id] = (partition, time.monotonic())
             self.accepted[partition].append(time.monotonic())
 
-    def delivered(self, message_ids: list[str]) -> None:
+    def delivered(self, messages: list[rayqueue.Message]) -> None:
         now = time.monotonic()
         with self.lock:
-            for message_id in message_ids:
-                self.deliveries[message_id].append(now)
+            for message in messages:
+                self.deliveries[message.id].append(now)
+                self.receipts[message.id].append(message.receipt)
 
     def deleted(self, message_ids: list[str]) -> None:
         now = time.monotonic()
@@ -95,7 +98,7 @@ def consume(queue: rayqueue.Queue, ledger: Ledger, stop: threading.Event) -> Non
     while not stop.is_set():
         try:
             messages = queue.receive(20, wait_s=0.5, visibility_timeout_s=5.0)
-            ledger.delivered([m.id for m in messages])
+            ledger.delivered(messages)
             if messages:
                 queue.delete_batch([m.receipt for m in messages])
                 ledger.deleted([m.id for m in messages])
@@ -183,14 +186,22 @@ def longest_gaps(ledger: Ledger, started: float, ended: float) -> dict[int, floa
 
 
 def explain_losses(ledger: Ledger, timeline: list[tuple[float, str, int]], started: float) -> None:
-    """On stderr: each lost message's partition and acknowledgement time, among the faults."""
+    """On stderr, among the faults: each lost message's partition and acknowledgement
+    time, and each resurrected message's deliveries (with receipts) and delete."""
     lost = sorted(ledger.acknowledged - set(ledger.deliveries), key=lambda m: ledger.acknowledged_at[m][1])
-    if not lost:
+    resurrected = [
+        m for m, deleted in ledger.deleted_at.items() if any(t > deleted for t in ledger.deliveries[m])
+    ]
+    if not lost and not resurrected:
         return
     events = [(t, f"fault {action} on partition {p}") for t, action, p in timeline]
     for message_id in lost[:20]:
         partition, at = ledger.acknowledged_at[message_id]
         events.append((at, f"LOST {message_id}, acknowledged by partition {partition}"))
+    for message_id in resurrected[:20]:
+        events.append((ledger.deleted_at[message_id], f"DELETED {message_id}"))
+        for at, receipt in zip(ledger.deliveries[message_id], ledger.receipts[message_id]):
+            events.append((at, f"delivered {message_id} with receipt {receipt}"))
     for at, what in sorted(events):
         print(f"[{at - started:8.3f} s] {what}", file=sys.stderr, flush=True)
 

@@ -112,9 +112,11 @@ class PartitionService:
     def _store_held(self, recovered: RecoveredPartition, held: HeldWrites) -> None:
         # Under this leader's epoch; a copy the old leader stored before the takeover
         # was recovered already (same first offset), one it stores later is fenced off.
+        # One below the checkpoint's floor that storage no longer has was stored, then
+        # emptied by deletes and removed: storing it again would bring deleted messages back.
         stored = recovered.segments.first_offsets()
         for first, batch in sorted(held.segments.items()):
-            if first not in stored:
+            if first not in stored and first >= recovered.checkpointed_below:
                 name = self._store.write_segment(batch)
                 recovered.segments.add(name, pa.Table.from_batches([batch]))
                 recovered.next_offset = max(recovered.next_offset, first + batch.num_rows)
@@ -262,7 +264,11 @@ class PartitionService:
 
     def unstored(self) -> HeldWrites:
         """What is acknowledged or being written but not on storage yet: what a
-        replica joining the in-sync set must be given first."""
+        replica joining the in-sync set must be given first. With durability "storage"
+        nothing acknowledged waits for storage, and replicas are standbys that hold
+        nothing (and, told nothing of later deletes, must hold nothing)."""
+        if self._replicas is None:
+            return HeldWrites()
         return HeldWrites(dict(self._unstored_segments), dict(self._unstored_deletes))
 
     # ----------------------------------------------------------------- receives
@@ -274,6 +280,8 @@ class PartitionService:
         give_up = loop.time() + wait_s
         while True:
             await self._read_back()
+            if self.fenced:  # replaced while this long poll waited: its successor serves now
+                raise PartitionFenced(f"{self.config.name}/{self.partition}", self.epoch)
             delivery = self._log.receive(max_messages, self._clock(), visibility)
             remaining = give_up - loop.time()
             if delivery.num_rows or remaining <= 0:

@@ -149,6 +149,8 @@ class RecoveredPartition:
     #: First delete-log sequence number not used yet.
     next_delete_seq: int = 0
     checkpoint: tuple[int, int] | None = None
+    #: Below this offset, a segment the checkpoint does not list held only deleted messages.
+    checkpointed_below: int = 0
 
 
 def partition_prefix(queue: str, partition: int) -> str:
@@ -217,6 +219,7 @@ class PartitionStore:
         checkpoint = self._newest_checkpoint(fences, recovered)
         live = set(checkpoint.segments) if checkpoint else set()
         floor = checkpoint.next_offset if checkpoint else 0
+        recovered.checkpointed_below = floor
         for name in self._store.list("segments/"):
             first, epoch = _parse(name)
             if first is None or any(f.excludes_segment(first, epoch) for f in fences):

@@ -10,6 +10,7 @@ import pytest
 from rayqueue.config import QueueConfig
 from rayqueue.errors import PartitionFenced
 from rayqueue.partition import PartitionService
+from rayqueue.replication import HeldWrites
 from rayqueue.rows import IdSource, send_rows
 from rayqueue.storage import ObjectStore, PartitionStore
 
@@ -48,10 +49,12 @@ def test_stale_leader_can_neither_acknowledge_nor_damage(tmp_path):
     async def scenario() -> None:
         old = leader(root)
         await old.send(rows("before"), dedup=False)
+        stale_delivery = await old.receive(1, 0.0, None)
         new = leader(root)  # takes over while the old one still runs
         with pytest.raises(PartitionFenced):
             await old.send(rows("stale send"), dedup=False)
-        stale_delivery = await old.receive(1, 0.0, None)
+        with pytest.raises(PartitionFenced):  # found out it was replaced: it serves nothing more
+            await old.receive(1, 0.0, None)
         with pytest.raises(PartitionFenced):
             await old.delete(stale_delivery.column("offset").to_numpy(), stale_delivery.column("token").to_numpy(), [])
         await new.send(rows("after"), dedup=False)
@@ -131,5 +134,30 @@ def test_checkpoints_happen_on_their_own(tmp_path):
         assert store.list("queues/q/0/checkpoints/")
         assert len(store.list("queues/q/0/segments/")) < 12
         assert await bodies_of(leader(root)) == []
+
+    asyncio.run(scenario())
+
+
+def test_a_promoted_replica_does_not_store_again_what_was_deleted_and_removed(tmp_path):
+    # A replica that took a copy of a segment long ago (and missed being told it was
+    # stored) is promoted after every message in it was deleted and the checkpoint
+    # removed it: bringing the copy back would deliver deleted messages again.
+    root = f"file://{tmp_path}"
+
+    async def scenario() -> None:
+        old = leader(root, checkpoint_every=1)
+        await old.send(rows("gone-1", "gone-2"), dedup=False)
+        store = PartitionStore(ObjectStore(root), "q", 0)
+        (name,) = ObjectStore(root).list("queues/q/0/segments/")
+        held = HeldWrites()
+        held.add_segment(store.read_segment(name.removeprefix("queues/q/0/")).to_batches()[0])
+        await delete_all(old, 2)
+        await old.send(rows("kept"), dedup=False)
+        await old.checkpoint()
+        assert name not in ObjectStore(root).list("queues/q/0/segments/")  # removed as empty
+
+        promoted = PartitionService(CONFIG, 0, PartitionStore(ObjectStore(root), "q", 0))
+        promoted.recover(held)
+        assert await bodies_of(promoted) == [b"kept"]
 
     asyncio.run(scenario())
