@@ -314,12 +314,8 @@ class Queue:
         # Rows with a key go to their key's partition (one call each, run together);
         # rows without one go to the next partition in turn.
         where = self._partitions_of(keys)
-        yield Calls(
-            [
-                Call(int(p), "send", (rows.filter(pa.array(where == p)), False))
-                for p in np.unique(where)
-            ]
-        )
+        parts = {int(p): rows.filter(pa.array(where == p)) for p in np.unique(where)}
+        yield Calls([Call(p, "send", (part, False), bulky=_bulky(part.nbytes)) for p, part in parts.items()])
         return ids
 
     def _partitions_of(self, keys: pa.ChunkedArray) -> np.ndarray:
@@ -344,7 +340,7 @@ class Queue:
         stored = 0
         for partition in order:
             try:
-                yield Calls([Call(partition, "send", (rows, dedup), retry_args=(rows, True))])
+                yield Calls([Call(partition, "send", (rows, dedup), retry_args=(rows, True), bulky=_bulky(rows.nbytes))])
                 return
             except QueueFull as full:
                 stored += full.stored  # this partition's share is used up; try the next
@@ -362,14 +358,19 @@ class Queue:
             _check_range("visibility_timeout_s", visibility_s, 0.0, defaults.MAX_VISIBILITY_TIMEOUT_S)
         partitions = self._count
         if partitions == 1:
-            (delivery,) = yield Calls([Call(0, "receive", (max_messages, wait_s, visibility_s), wait_s=wait_s)])
+            (delivery,) = yield Calls(
+                [Call(0, "receive", (max_messages, wait_s, visibility_s), wait_s=wait_s, bulky=self._bulky_receive(max_messages))]
+            )
             return [(0, delivery)]
         start = next(self._round_robin)
         deliveries: list[tuple[int, pa.Table]] = []
         received = 0
         for partition in ((start + i) % partitions for i in range(partitions)):
             try:
-                (delivery,) = yield Calls([Call(partition, "receive", (max_messages - received, 0.0, visibility_s))])
+                wanted = max_messages - received
+                (delivery,) = yield Calls(
+                    [Call(partition, "receive", (wanted, 0.0, visibility_s), bulky=self._bulky_receive(wanted))]
+                )
             except PartitionRetired:
                 continue  # drained and gone: nothing to receive there
             deliveries.append((partition, delivery))
@@ -392,7 +393,9 @@ class Queue:
                 continue
             partition = first[0]
             try:
-                (delivery,) = yield Calls([Call(partition, "receive", (max_messages, 0.0, visibility_s))])
+                (delivery,) = yield Calls(
+                    [Call(partition, "receive", (max_messages, 0.0, visibility_s), bulky=self._bulky_receive(max_messages))]
+                )
             except PartitionRetired:
                 continue
             if delivery.num_rows:
@@ -455,11 +458,19 @@ class Queue:
             partitions=tuple(parts),
         )
 
+    def _bulky_receive(self, max_messages: int) -> bool:
+        """Whether a receive's answer may be large (at the queue's largest message size)."""
+        return _bulky(max_messages * self.config.max_message_bytes)
+
     def _decode(self, receipt: str) -> tuple[int, int, int]:
         partition, offset, token = decode_receipt(receipt)
         if partition >= self._count:
             raise InvalidReceipt(receipt, f"queue {self.name!r} has no partition {partition}")
         return partition, offset, token
+
+
+def _bulky(nbytes: int) -> bool:
+    return nbytes >= defaults.BULKY_CALL_BYTES
 
 
 def _check_batch(count: int) -> None:

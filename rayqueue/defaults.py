@@ -81,6 +81,10 @@ CHECKPOINT_EVERY = 64
 
 #: How often the coordinator checks that partition leaders and replicas are alive.
 HEALTH_CHECK_INTERVAL_S = 1.0
+#: A partition call that may carry this many bytes or more, either way, goes through Ray
+#: instead of the direct channel: Ray's object store moves large buffers faster (a 64 MiB
+#: batch took 83 ms over the socket; ``jobs/bench.py`` at 64 KiB shows the difference).
+BULKY_CALL_BYTES = 8 * 1024 * 1024
 #: How often a leader looks on storage for a newer leader's claim even when it writes
 #: nothing: a replaced leader that still runs stops serving receives within this time.
 LEADERSHIP_CHECK_INTERVAL_S = 0.5

@@ -32,6 +32,8 @@ class Call:
     wait_s: float = 0.0
     #: Arguments for a repeat after the partition failed mid-call (e.g. dedup on).
     retry_args: tuple[Any, ...] | None = None
+    #: Its arguments or its result may be large (``defaults.BULKY_CALL_BYTES``): it goes through Ray.
+    bulky: bool = False
 
 
 @dataclass(frozen=True)

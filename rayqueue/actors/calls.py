@@ -50,7 +50,7 @@ def _submit(target: Target, call: Call, retry: bool) -> ray.ObjectRef:
 
 
 def _start(target: Target, call: Call, retry: bool) -> channel.Pending:
-    return channel.Pending(_actor(target, call), call.method, _args(call, retry), _timeout(call))
+    return channel.Pending(_actor(target, call), call.method, _args(call, retry), _timeout(call), call.bulky)
 
 
 class _Retry:
@@ -189,7 +189,9 @@ async def _execute_async(target: Target, step: Step) -> Any:
         calls = {index: step.calls[index] for index in todo}
         outcomes = await asyncio.gather(
             *(
-                asyncio.wait_for(channel.call_async(_actor(target, call), call.method, _args(call, retrying)), _timeout(call))
+                asyncio.wait_for(
+                    channel.call_async(_actor(target, call), call.method, _args(call, retrying), call.bulky), _timeout(call)
+                )
                 for call in calls.values()
             ),
             return_exceptions=True,

@@ -6,6 +6,9 @@ an actor asks it, through Ray, for its channel endpoint; later calls go
 straight to the socket. An endpoint that fails is forgotten, so the retry asks
 Ray again, which also waits out an actor that Ray is restarting (on a new port).
 
+Bulky calls (tens of megabytes of Arrow data either way) go through Ray: its object
+store moves large buffers faster than a socket read by asyncio does.
+
 Where the socket cannot be reached although Ray says the actor lives (a
 firewall that lets only Ray's ports through, a driver outside the cluster's
 network), calls to that actor go through Ray for a while instead: slower, never
@@ -98,11 +101,11 @@ def unwrap(error: RayTaskError) -> BaseException:
 class Pending:
     """A blocking call that was sent; ``result`` waits for its reply."""
 
-    def __init__(self, handle: Any, method: str, args: tuple[Any, ...], timeout_s: float) -> None:
+    def __init__(self, handle: Any, method: str, args: tuple[Any, ...], timeout_s: float, bulky: bool = False) -> None:
         self._actor, name = _address(handle)
         _check_alive(self._actor)
         self._ref: ray.ObjectRef | None = None
-        if _through_ray(self._actor):
+        if bulky or _through_ray(self._actor):
             self._ref = getattr(handle, method).remote(*args)
             return
         self._endpoint = _endpoints.get(self._actor._actor_id)
@@ -143,11 +146,11 @@ class Pending:
         return value
 
 
-async def call_async(handle: Any, method: str, args: tuple[Any, ...]) -> Any:
+async def call_async(handle: Any, method: str, args: tuple[Any, ...], bulky: bool = False) -> Any:
     """One call from an event loop; the caller bounds its time."""
     actor, name = _address(handle)
     _check_alive(actor)
-    if not _through_ray(actor):
+    if not (bulky or _through_ray(actor)):
         endpoint = _endpoints.get(actor._actor_id)
         if endpoint is None:
             endpoint = await actor.wire_endpoint.remote()

@@ -63,7 +63,10 @@ class RayReplicator:
             self._lost(failed)
 
     async def _catch_up(self, name: str, replica: Any, held: HeldWrites) -> None:
-        calls = [channel.call_async(replica, "hold_segment", (self.epoch, batch)) for batch in held.segments.values()]
+        calls = [
+            channel.call_async(replica, "hold_segment", (self.epoch, batch), bulky=_bulky(batch))
+            for batch in held.segments.values()
+        ]
         calls += [channel.call_async(replica, "hold_deletes", (self.epoch, seq, offsets)) for seq, offsets in held.deletes.items()]
         self._nodes[name] = await replica.node_id.remote()
         await asyncio.gather(*calls)
@@ -72,10 +75,10 @@ class RayReplicator:
         return list(self._in_sync)
 
     async def segment(self, batch: pa.RecordBatch) -> bool:
-        return await self._to_all("hold_segment", batch)
+        return await self._to_all("hold_segment", batch, bulky=_bulky(batch))
 
     async def deletes(self, seq: int, offsets: np.ndarray) -> bool:
-        return await self._to_all("hold_deletes", seq, offsets)
+        return await self._to_all("hold_deletes", seq, offsets, bulky=False)
 
     def stored(self, offset_floor: int, seq_floor: int) -> None:
         for replica in (*self._in_sync.values(), *self._joining.values()):
@@ -87,14 +90,16 @@ class RayReplicator:
     def on_leader_node(self) -> int:
         return sum(self._nodes.get(name) == self._node for name in self._in_sync)
 
-    async def _to_all(self, method: str, *args: Any) -> bool:
+    async def _to_all(self, method: str, *args: Any, bulky: bool) -> bool:
         """Send to every replica; True if every in-sync one took it (and there is one)."""
         replicas = {**self._joining, **self._in_sync}
         if not replicas:
             return False
         outcomes = await asyncio.gather(
             *(
-                asyncio.wait_for(channel.call_async(replica, method, (self.epoch, *args)), defaults.REPLICA_TIMEOUT_S)
+                asyncio.wait_for(
+                    channel.call_async(replica, method, (self.epoch, *args), bulky=bulky), defaults.REPLICA_TIMEOUT_S
+                )
                 for replica in replicas.values()
             ),
             return_exceptions=True,
@@ -120,3 +125,6 @@ class RayReplicator:
         except Exception:  # the coordinator's health check finds dead replicas anyway
             log.exception("could not tell the coordinator about lost replicas")
 
+
+def _bulky(batch: pa.RecordBatch) -> bool:
+    return batch.nbytes >= defaults.BULKY_CALL_BYTES
