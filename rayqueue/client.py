@@ -359,7 +359,7 @@ class Queue:
         partitions = self._count
         if partitions == 1:
             (delivery,) = yield Calls(
-                [Call(0, "receive", (max_messages, wait_s, visibility_s), wait_s=wait_s, bulky=self._bulky_receive(max_messages))]
+                [Call(0, "receive", (max_messages, wait_s, visibility_s), wait_s=wait_s)]
             )
             return [(0, delivery)]
         start = next(self._round_robin)
@@ -369,7 +369,7 @@ class Queue:
             try:
                 wanted = max_messages - received
                 (delivery,) = yield Calls(
-                    [Call(partition, "receive", (wanted, 0.0, visibility_s), bulky=self._bulky_receive(wanted))]
+                    [Call(partition, "receive", (wanted, 0.0, visibility_s))]
                 )
             except PartitionRetired:
                 continue  # drained and gone: nothing to receive there
@@ -394,7 +394,7 @@ class Queue:
             partition = first[0]
             try:
                 (delivery,) = yield Calls(
-                    [Call(partition, "receive", (max_messages, 0.0, visibility_s), bulky=self._bulky_receive(max_messages))]
+                    [Call(partition, "receive", (max_messages, 0.0, visibility_s))]
                 )
             except PartitionRetired:
                 continue
@@ -457,10 +457,6 @@ class Queue:
             stored_bytes=sum(p.stored_bytes for p in parts),
             partitions=tuple(parts),
         )
-
-    def _bulky_receive(self, max_messages: int) -> bool:
-        """Whether a receive's answer may be large (at the queue's largest message size)."""
-        return _bulky(max_messages * self.config.max_message_bytes)
 
     def _decode(self, receipt: str) -> tuple[int, int, int]:
         partition, offset, token = decode_receipt(receipt)

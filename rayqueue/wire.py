@@ -60,6 +60,13 @@ class Endpoint:
     token: bytes
 
 
+@dataclass(frozen=True)
+class Parked:
+    """The reply to a call was too large for the socket: fetch it by ``token`` another way."""
+
+    token: int
+
+
 class ChannelBroken(Exception):
     """The connection failed or timed out; the call may or may not have run
     (unless ``connecting``: then no connection was made, and nothing was sent).

@@ -28,7 +28,7 @@ import ray
 from ray.exceptions import RayTaskError
 
 from rayqueue.actors.hosted import HostedPartition
-from rayqueue.wire import AsyncPool, ChannelBroken, Connection, Endpoint, Pool
+from rayqueue.wire import AsyncPool, ChannelBroken, Connection, Endpoint, Parked, Pool
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +102,7 @@ class Pending:
     """A blocking call that was sent; ``result`` waits for its reply."""
 
     def __init__(self, handle: Any, method: str, args: tuple[Any, ...], timeout_s: float, bulky: bool = False) -> None:
+        self._handle = handle
         self._actor, name = _address(handle)
         _check_alive(self._actor)
         self._ref: ray.ObjectRef | None = None
@@ -143,6 +144,9 @@ class Pending:
             _pool.give_back(self._connection)  # the reply was read: the connection is in step
             raise
         _pool.give_back(self._connection)
+        if isinstance(value, Parked):
+            self._ref = self._handle.take_parked.remote(value.token)
+            return self.result(timeout_s)
         return value
 
 
@@ -160,7 +164,10 @@ async def call_async(handle: Any, method: str, args: tuple[Any, ...], bulky: boo
         if pool is None:
             pool = _async_pools[loop] = AsyncPool()
         try:
-            return await pool.call(endpoint, name, method, args)
+            value = await pool.call(endpoint, name, method, args)
+            if not isinstance(value, Parked):
+                return value
+            method, args = "take_parked", (value.token,)  # too large for the socket: fetch it through Ray
         except ChannelBroken as error:
             _forget(actor, endpoint)
             if not (error.connecting and _unreachable(actor, endpoint, error)):

@@ -15,7 +15,7 @@ from typing import Any
 
 import ray
 
-from rayqueue.actors.partition import REPLICA_WIRE_METHODS, WIRE_METHODS, PartitionActor, serve_wire
+from rayqueue.actors.partition import PartitionActor, serve_wire
 from rayqueue.errors import PartitionUnavailable
 from rayqueue.wire import Endpoint, Server
 
@@ -53,9 +53,7 @@ class PartitionHost:
         return endpoint
 
     async def _dispatch(self, name: str, method: str, args: tuple[Any, ...]) -> Any:
-        if method not in WIRE_METHODS and method not in REPLICA_WIRE_METHODS:
-            raise PartitionUnavailable(name, -1, f"{method!r} is not a data call")
-        return await self.call(name, method, *args)
+        return await self.call(name, "dispatch", name, method, args)
 
 
 RemoteHost = ray.remote(PartitionHost)

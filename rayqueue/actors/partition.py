@@ -9,12 +9,15 @@ Only forwarding lives here.
 from __future__ import annotations
 
 import inspect
+import itertools
+import time
 from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
 import ray
 
+from rayqueue import defaults
 from rayqueue.actors.metrics import RayPartitionMetrics
 from rayqueue.actors.replicator import RayReplicator
 from rayqueue.config import QueueConfig
@@ -23,14 +26,40 @@ from rayqueue.message import PartitionStats
 from rayqueue.partition import PartitionService
 from rayqueue.replication import HeldWrites
 from rayqueue.storage import ObjectStore, PartitionStore
-from rayqueue.wire import Endpoint, Server
+from rayqueue.wire import Endpoint, Parked, Server
 
 Role = Literal["leader", "replica"]
 
 #: What handles may call over the direct channel (rayqueue.wire): the data calls only.
 WIRE_METHODS = frozenset({"send", "receive", "wait_visible", "delete", "change_visibility", "stats"})
+#: How long a parked reply waits to be fetched.
+PARKED_FOR_S = 60.0
 #: What a leader calls on its replicas over the same channel.
 REPLICA_WIRE_METHODS = frozenset({"hold_segment", "hold_deletes"})
+
+
+class ParkedReplies:
+    """Replies too large for the socket (a receive of tens of megabytes), kept until the
+    handle fetches them through Ray, whose object store moves them faster."""
+
+    def __init__(self) -> None:
+        self._replies: dict[int, tuple[Any, float]] = {}
+        self._tokens = itertools.count(1)
+
+    def park_if_bulky(self, value: Any) -> Any:
+        if not isinstance(value, pa.Table) or value.nbytes < defaults.BULKY_CALL_BYTES:
+            return value
+        now = time.monotonic()
+        self._replies = {t: kept for t, kept in self._replies.items() if kept[1] > now}  # never fetched
+        token = next(self._tokens)
+        self._replies[token] = (value, now + PARKED_FOR_S)
+        return Parked(token)
+
+    def take(self, token: int) -> Any:
+        kept = self._replies.pop(token, None)
+        if kept is None:  # the handle gave up: its messages come back after their visibility timeout
+            raise PartitionUnavailable("?", -1, f"no parked reply {token}")
+        return kept[0]
 
 
 async def serve_wire(server: Server | None, dispatch: Any) -> tuple[Server, Endpoint]:
@@ -58,6 +87,7 @@ class PartitionActor:
         self._leader_epoch = 0
         self._service: PartitionService | None = None
         self._wire: Server | None = None
+        self._parked = ParkedReplies()
         if role == "leader":
             self._lead()
 
@@ -120,7 +150,11 @@ class PartitionActor:
         if method not in WIRE_METHODS and method not in REPLICA_WIRE_METHODS:
             raise PartitionUnavailable(self._config.name, self._partition, f"{method!r} is not a data call")
         result = getattr(self, method)(*args)
-        return await result if inspect.isawaitable(result) else result
+        return self._parked.park_if_bulky(await result if inspect.isawaitable(result) else result)
+
+    def take_parked(self, token: int) -> Any:
+        """A reply that ``dispatch`` parked, through Ray."""
+        return self._parked.take(token)
 
     # ----------------------------------------------------------- as a replica
 
