@@ -38,9 +38,6 @@ from typing import Any
 
 _HEADER = struct.Struct("!QI")  # pickle length, buffer count; then a length per buffer
 _LENGTH = struct.Struct("!Q")
-#: How much a stream may buffer before it stops reading from the socket. asyncio's
-#: default (64 KiB) makes a large frame arrive in thousands of pause-resume rounds.
-_READ_BUFFER_BYTES = 16 * 1024 * 1024
 #: Buffers at least this large travel out of band; smaller ones stay in the pickle.
 _OUT_OF_BAND_BYTES = 16 * 1024
 _TOKEN_BYTES = 32
@@ -126,7 +123,7 @@ class Server:
 
     async def start(self, host: str) -> Endpoint:
         if self.endpoint is None:
-            self._server = await asyncio.start_server(self._serve, host, 0, limit=_READ_BUFFER_BYTES)
+            self._server = await asyncio.start_server(self._serve, host, 0)
             port = self._server.sockets[0].getsockname()[1]
             self.endpoint = Endpoint(host, port, self._token)
         return self.endpoint
@@ -268,7 +265,7 @@ class Pool:
 
 async def _connect(endpoint: Endpoint) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     try:
-        reader, writer = await asyncio.open_connection(endpoint.host, endpoint.port, limit=_READ_BUFFER_BYTES)
+        reader, writer = await asyncio.open_connection(endpoint.host, endpoint.port)
     except OSError as error:
         raise ChannelBroken(f"cannot connect to {endpoint.host}:{endpoint.port}: {error}", connecting=True) from None
     _no_delay(writer.get_extra_info("socket"))
