@@ -55,11 +55,11 @@ class ParkedReplies:
         self._replies[token] = (value, now + PARKED_FOR_S)
         return Parked(token)
 
-    def take(self, token: int) -> Any:
+    def take(self, token: int) -> Any | None:
+        """The parked reply, or None if it expired (its messages come back after their
+        visibility timeout)."""
         kept = self._replies.pop(token, None)
-        if kept is None:  # the handle gave up: its messages come back after their visibility timeout
-            raise PartitionUnavailable("?", -1, f"no parked reply {token}")
-        return kept[0]
+        return kept[0] if kept is not None else None
 
 
 async def serve_wire(server: Server | None, dispatch: Any) -> tuple[Server, Endpoint]:
@@ -154,7 +154,10 @@ class PartitionActor:
 
     def take_parked(self, token: int) -> Any:
         """A reply that ``dispatch`` parked, through Ray."""
-        return self._parked.take(token)
+        reply = self._parked.take(token)
+        if reply is None:
+            raise PartitionUnavailable(self._config.name, self._partition, f"no parked reply {token} (expired)")
+        return reply
 
     # ----------------------------------------------------------- as a replica
 

@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from rayqueue.errors import InvalidReceipt, QueueFull
 from rayqueue.storage.format import SEGMENT_SCHEMA, body_sizes

@@ -12,6 +12,7 @@ import ray
 
 import rayqueue
 from rayqueue import defaults
+from support.waiting import kill_and_wait
 
 
 def create_many(client: rayqueue.Client, prefix: str, count: int) -> tuple[list[rayqueue.Queue], float]:
@@ -58,7 +59,7 @@ def test_killed_host_fails_its_partitions_over_to_replicas_on_other_hosts(client
     queues, _ = create_many(client, "hosted", 8)
     for queue in queues:
         queue.send(b"kept")
-    ray.kill(ray.get_actor("rayqueue.host.0", namespace=namespace), no_restart=False)  # Ray restarts it empty
+    kill_and_wait(ray.get_actor("rayqueue.host.0", namespace=namespace), no_restart=False)  # Ray restarts it empty
     for queue in queues:
         queue.send(b"after")
         bodies = []

@@ -20,15 +20,15 @@ def wait_for(predicate: Callable[[], bool], timeout_s: float, interval_s: float 
     return False
 
 
-def kill_and_wait(actor: Any, timeout_s: float = 10.0) -> None:
-    """``ray.kill`` an actor (no restart) and return once its process has exited.
+def kill_and_wait(actor: Any, timeout_s: float = 10.0, *, no_restart: bool = True) -> None:
+    """``ray.kill`` an actor and return once its process has exited (Ray may start a new one).
 
     The kill is asynchronous: for a few tens of milliseconds the process still
     serves calls that do not go through Ray (the direct channel). A test about
     what happens *after* a death must not race it.
     """
     pid = ray.get(actor.__ray_call__.remote(lambda self: os.getpid()))
-    ray.kill(actor, no_restart=True)
+    ray.kill(actor, no_restart=no_restart)
     if not wait_for(lambda: not _running(pid), timeout_s, interval_s=0.01):
         raise AssertionError(f"process {pid} still runs {timeout_s} s after ray.kill")
 
