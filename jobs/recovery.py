@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     config = QueueConfig.build(name="recovery", max_messages=args.messages, max_message_bytes=args.size)
 
     store = CountingStore(url, options)
-    service = PartitionService(config, 0, PartitionStore(store, config.name, 0))
+    service = PartitionService(config, 0, PartitionStore(store, config.name, 0, "u"))
     service.recover()
     print(f"filling {url}: {args.messages:,} messages of {args.size} B, deleting {args.deleted:.0%}", flush=True)
     asyncio.run(fill_and_drain(service, config, args))
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
 
     reader = CountingStore(url, options)
     started = time.monotonic()
-    recovered = PartitionService(config, 0, PartitionStore(reader, config.name, 0))
+    recovered = PartitionService(config, 0, PartitionStore(reader, config.name, 0, "u"))
     recovered.recover()
     seconds = time.monotonic() - started
     stats = recovered.stats()

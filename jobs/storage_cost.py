@@ -57,7 +57,7 @@ def measure(url: str, options: dict[str, Any], batch: int, args: argparse.Namesp
     total = args.messages if batch > 1 else args.messages // 10
     config = QueueConfig.build(name=f"cost-{uuid.uuid4().hex[:6]}", max_messages=total * 2, max_message_bytes=args.size)
     store = CountingStore(url, options)
-    service = PartitionService(config, 0, PartitionStore(store, config.name, 0))
+    service = PartitionService(config, 0, PartitionStore(store, config.name, 0, "u"))
     service.recover()
     store.requests.clear()  # the takeover is not part of the workload
     started = time.perf_counter()

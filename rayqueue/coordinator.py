@@ -22,7 +22,7 @@ from rayqueue import defaults
 from rayqueue.autoscale import LoadSample, ScalingPolicy, decide
 from rayqueue.config import QueueConfig
 from rayqueue.errors import ObjectExists, QueueAlreadyExists, QueueNotFound, RayQueueError
-from rayqueue.storage import CatalogStore, ObjectStore
+from rayqueue.storage import CatalogStore, ObjectStore, partition_prefix, queue_prefix
 
 log = logging.getLogger(__name__)
 
@@ -203,8 +203,6 @@ class Coordinator:
         def add(queues: dict[str, QueueRecord]) -> dict[str, QueueRecord] | None:
             existing = queues.get(config.name)
             if existing is None:
-                # Objects left by an earlier queue of this name whose deletion was cut short.
-                self._store.delete_prefix(_queue_prefix(config.name))
                 return {**queues, config.name: QueueRecord.new(config)}
             differences = existing.config.differences(config)
             if differences:
@@ -254,7 +252,7 @@ class Coordinator:
         self._change(remove)
         self._routes.pop(name, None)
         self._launcher.stop(removed[0])
-        self._store.delete_prefix(_queue_prefix(name))
+        self._store.delete_prefix(queue_prefix(name, removed[0].uid))
 
     # ------------------------------------------------------------------ failover
 
@@ -439,7 +437,7 @@ class Coordinator:
             self._change(remove)
             for actor in (placement.leader, *placement.replicas):
                 self._launcher.kill(actor)
-            self._store.delete_prefix(f"{_queue_prefix(name)}/{last}")
+            self._store.delete_prefix(partition_prefix(name, record.uid, last))
             log.warning("queue %s: partition %d retired", name, last)
             record, last, removed = self._queues[name], last - 1, True
         if removed:
@@ -475,6 +473,3 @@ class Coordinator:
         self._version, raw = self._catalog.load()
         self._queues = {name: QueueRecord.from_json(data) for name, data in raw.items()}
 
-
-def _queue_prefix(name: str) -> str:
-    return f"queues/{name}"

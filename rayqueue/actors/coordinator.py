@@ -122,7 +122,7 @@ class RayLauncher:
             # the node had room. With no other node, replicas share the leader's (and
             # stats say so).
             options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node, soft=False)
-        args = (record.config, partition, self._storage, self._storage_options, role, self._namespace)
+        args = (record.config, partition, self._storage, self._storage_options, role, self._namespace, record.uid)
         if name.startswith(SHARED_PREFIX):
             host = RemoteHost.options(
                 name=_host_name(name),

@@ -77,10 +77,11 @@ class PartitionActor:
         storage_options: dict[str, Any],
         role: Role,
         namespace: str,
+        uid: str,
     ) -> None:
         self._config = config
         self._partition = partition
-        self._store = PartitionStore(ObjectStore(storage, storage_options), config.name, partition)
+        self._store = PartitionStore(ObjectStore(storage, storage_options), config.name, partition, uid)
         self._replicator = RayReplicator(config.name, partition, namespace)
         self._held = HeldWrites()
         #: The newest leader epoch this replica has taken writes from.

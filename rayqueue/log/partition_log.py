@@ -28,9 +28,15 @@ import pyarrow as pa
 from rayqueue.errors import InvalidReceipt, QueueFull
 from rayqueue.storage.format import SEGMENT_SCHEMA, body_sizes
 
-#: Columns a delivery adds to the segment's own.
+#: Columns a delivery adds to the segment's own: the delivery's count and token, and the
+#: epoch of the leader that served it (receipts carry it, so a delivery can be attributed).
 DELIVERY_SCHEMA = pa.schema(
-    [*SEGMENT_SCHEMA, pa.field("receive_count", pa.int32()), pa.field("token", pa.int64())]
+    [
+        *SEGMENT_SCHEMA,
+        pa.field("receive_count", pa.int32()),
+        pa.field("token", pa.int64()),
+        pa.field("epoch", pa.int64()),
+    ]
 )
 
 _MICROS = 1_000_000
@@ -147,6 +153,8 @@ class PartitionLog:
         self.dropped_segments = 0
         #: Emptied segments kept for the dedup window: (name, first, end, until), oldest first.
         self._retained: deque[tuple[str, int, int, float]] = deque()
+        #: The epoch of the leader this log serves under (stamped on every delivery).
+        self.epoch = 0
 
     # ----------------------------------------------------------------- recovery
 
@@ -331,7 +339,7 @@ class PartitionLog:
             chunk.receive_count[rows] += 1
             chunk.token[rows] = self._rng.integers(1, 2**62, size=len(rows))
             chunk.deadline = min(chunk.deadline, deadline)
-            batches.append(_delivery(chunk, rows))
+            batches.append(_delivery(chunk, rows, self.epoch))
         self._next_deadline = min(self._next_deadline, deadline)
         return pa.Table.from_batches(batches, schema=DELIVERY_SCHEMA)
 
@@ -427,7 +435,10 @@ class PartitionLog:
                 raise InvalidReceipt(_text(receipts, positions[bad]), "not the latest receipt of this message")
             rows = rows[~chunk.deleted[rows]]
             if len(rows):
-                rows_by_chunk.append((chunk, rows, chunk.visible_at[rows].copy()))
+                # A row hidden by another delete still in flight has no deadline of its own
+                # (inf): should both attempts fail, it must come back, so it is due at once.
+                prior = chunk.visible_at[rows]
+                rows_by_chunk.append((chunk, rows, np.where(np.isinf(prior), 0.0, prior)))
         for chunk, rows, _prior in rows_by_chunk:
             chunk.visible_at[rows] = math.inf
         to_store = [chunk.first + rows for chunk, rows, _ in rows_by_chunk]
@@ -553,12 +564,12 @@ class PartitionLog:
                 break
 
 
-def _delivery(chunk: Chunk, rows: np.ndarray) -> pa.RecordBatch:
+def _delivery(chunk: Chunk, rows: np.ndarray, epoch: int) -> pa.RecordBatch:
     if len(rows) and rows[-1] - rows[0] + 1 == len(rows):
         part = chunk.batch.slice(int(rows[0]), len(rows))  # contiguous: no copy
     else:
         part = chunk.batch.take(pa.array(rows))
-    extra = [pa.array(chunk.receive_count[rows]), pa.array(chunk.token[rows])]
+    extra = [pa.array(chunk.receive_count[rows]), pa.array(chunk.token[rows]), pa.array(np.full(len(rows), epoch, np.int64))]
     return pa.RecordBatch.from_arrays([*part.columns, *extra], schema=DELIVERY_SCHEMA)
 
 

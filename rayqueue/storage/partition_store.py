@@ -153,15 +153,22 @@ class RecoveredPartition:
     checkpointed_below: int = 0
 
 
-def partition_prefix(queue: str, partition: int) -> str:
-    return f"queues/{queue}/{partition}"
+def queue_prefix(queue: str, uid: str) -> str:
+    """Where one queue's objects live. The uid (unique to each queue ever created) keeps
+    a recreated queue, a late write from a dying actor of an older queue of the same
+    name, or names that differ only in case (on a case-insensitive disk) apart."""
+    return f"queues/{queue}.{uid}"
+
+
+def partition_prefix(queue: str, uid: str, partition: int) -> str:
+    return f"{queue_prefix(queue, uid)}/{partition}"
 
 
 class PartitionStore:
     """Writes and reads one partition's objects. Blocking: call it from a thread."""
 
-    def __init__(self, store: ObjectStore, queue: str, partition: int) -> None:
-        self._store = store.child(partition_prefix(queue, partition))
+    def __init__(self, store: ObjectStore, queue: str, partition: int, uid: str) -> None:
+        self._store = store.child(partition_prefix(queue, uid, partition))
         self.epoch = 0
         #: Segments, delete logs and checkpoints read since this store was made.
         self.objects_read = 0

@@ -192,31 +192,31 @@ def bodies_of(recovered: RecoveredPartition) -> list[bytes]:
 
 
 def test_partition_store_round_trip(store: ObjectStore) -> None:
-    writer = PartitionStore(store, "orders", 3)
+    writer = PartitionStore(store, "orders", 3, "u")
     assert writer.take_over().segments == []
     writer.write_segment(segment(0, [b"a", b"b"]))
     writer.write_segment(segment(2, [b"c"]))
     writer.write_deletes(np.array([1], np.int64), seq=0)
     writer.write_deletes(np.array([0, 1], np.int64), seq=1)
 
-    recovered = PartitionStore(store, "orders", 3).take_over()
+    recovered = PartitionStore(store, "orders", 3, "u").take_over()
     assert bodies_of(recovered) == [b"a", b"b", b"c"]
     assert recovered.deleted_offsets.tolist() == [0, 1]
     assert (recovered.next_offset, recovered.next_delete_seq) == (3, 2)
-    empty = PartitionStore(store, "orders", 4)
+    empty = PartitionStore(store, "orders", 4, "u")
     assert empty.take_over().segments == [] and empty.objects_read == 0
 
 
 def test_a_leader_that_was_taken_over_is_fenced(store: ObjectStore) -> None:
-    old = PartitionStore(store, "orders", 0)
+    old = PartitionStore(store, "orders", 0, "u")
     old.take_over()
     old.write_segment(segment(0, [b"acknowledged"]))
-    new = PartitionStore(store, "orders", 0)
+    new = PartitionStore(store, "orders", 0, "u")
     new.take_over()
     assert new.epoch > old.epoch
     with pytest.raises(PartitionFenced):
         old.write_segment(segment(1, [b"never acknowledged"]))
-    assert bodies_of(PartitionStore(store, "orders", 0).take_over()) == [b"acknowledged"]
+    assert bodies_of(PartitionStore(store, "orders", 0, "u").take_over()) == [b"acknowledged"]
 
 
 def test_catalog_newest_version_wins_and_versions_are_created_once(store: ObjectStore) -> None:
@@ -249,7 +249,7 @@ def test_partition_service_survives_restarts(store: ObjectStore) -> None:
 
     def started() -> PartitionService:
         # A new store object too, as a restarted actor would have.
-        service = PartitionService(config, 0, PartitionStore(store, config.name, 0))
+        service = PartitionService(config, 0, PartitionStore(store, config.name, 0, "u"))
         service.recover()
         return service
 

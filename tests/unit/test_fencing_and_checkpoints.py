@@ -23,7 +23,7 @@ def rows(*bodies: str) -> pa.Table:
 
 
 def leader(root: str, **options: int) -> PartitionService:
-    service = PartitionService(CONFIG, 0, PartitionStore(ObjectStore(root), "q", 0), **options)
+    service = PartitionService(CONFIG, 0, PartitionStore(ObjectStore(root), "q", 0, "u"), **options)
     service.recover()
     return service
 
@@ -92,10 +92,10 @@ def test_checkpoint_bounds_what_recovery_reads(tmp_path):
             await delete_all(service, 10)
         await delete_all(service, 3)  # part of the 19th segment too
         await service.checkpoint()
-        segments = store.list("queues/q/0/segments/")
+        segments = store.list("queues/q.u/0/segments/")
         assert len(segments) == 2  # 18 emptied segments are gone
-        assert store.list("queues/q/0/deletes/") == []  # folded into the checkpoint
-        assert len(store.list("queues/q/0/checkpoints/")) == 1
+        assert store.list("queues/q.u/0/deletes/") == []  # folded into the checkpoint
+        assert len(store.list("queues/q.u/0/checkpoints/")) == 1
         recovered = leader(root)
         assert recovered.objects_recovered == 3  # the checkpoint and two segments
         expected = [f"18-{j}".encode() for j in range(3, 10)] + [f"19-{j}".encode() for j in range(10)]
@@ -131,8 +131,8 @@ def test_checkpoints_happen_on_their_own(tmp_path):
         await asyncio.sleep(0)  # let the background checkpoint finish
         if service._checkpointing is not None:
             await service._checkpointing
-        assert store.list("queues/q/0/checkpoints/")
-        assert len(store.list("queues/q/0/segments/")) < 12
+        assert store.list("queues/q.u/0/checkpoints/")
+        assert len(store.list("queues/q.u/0/segments/")) < 12
         assert await bodies_of(leader(root)) == []
 
     asyncio.run(scenario())
@@ -147,16 +147,16 @@ def test_a_promoted_replica_does_not_store_again_what_was_deleted_and_removed(tm
     async def scenario() -> None:
         old = leader(root, checkpoint_every=1)
         await old.send(rows("gone-1", "gone-2"), dedup=False)
-        store = PartitionStore(ObjectStore(root), "q", 0)
-        (name,) = ObjectStore(root).list("queues/q/0/segments/")
+        store = PartitionStore(ObjectStore(root), "q", 0, "u")
+        (name,) = ObjectStore(root).list("queues/q.u/0/segments/")
         held = HeldWrites()
-        held.add_segment(store.read_segment(name.removeprefix("queues/q/0/")).to_batches()[0])
+        held.add_segment(store.read_segment(name.removeprefix("queues/q.u/0/")).to_batches()[0])
         await delete_all(old, 2)
         await old.send(rows("kept"), dedup=False)
         await old.checkpoint()
-        assert name not in ObjectStore(root).list("queues/q/0/segments/")  # removed as empty
+        assert name not in ObjectStore(root).list("queues/q.u/0/segments/")  # removed as empty
 
-        promoted = PartitionService(CONFIG, 0, PartitionStore(ObjectStore(root), "q", 0))
+        promoted = PartitionService(CONFIG, 0, PartitionStore(ObjectStore(root), "q", 0, "u"))
         promoted.recover(held)
         assert await bodies_of(promoted) == [b"kept"]
 

@@ -22,7 +22,7 @@ TOTAL_5X = (5 * BUDGET // (BODY * PER_SEGMENT) + 1) * PER_SEGMENT
 
 
 def service(root: str) -> PartitionService:
-    partition = PartitionService(CONFIG, 0, PartitionStore(ObjectStore(root), "big", 0))
+    partition = PartitionService(CONFIG, 0, PartitionStore(ObjectStore(root), "big", 0, "u"))
     partition.recover()
     return partition
 

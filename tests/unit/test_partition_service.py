@@ -30,8 +30,8 @@ IDS = IdSource()
 class FailingStore(PartitionStore):
     """A PartitionStore whose writes fail while ``failing`` is set, as storage that is down."""
 
-    def __init__(self, store: ObjectStore, queue: str, partition: int) -> None:
-        super().__init__(store, queue, partition)
+    def __init__(self, store: ObjectStore, queue: str, partition: int, uid: str) -> None:
+        super().__init__(store, queue, partition, uid)
         self.failing = False
 
     def write_segment(self, *args: Any, **kwargs: Any) -> Any:
@@ -46,7 +46,7 @@ class FailingStore(PartitionStore):
 
 
 def open_store(url: str, config: QueueConfig, store_class: type[PartitionStore] = PartitionStore) -> Any:
-    return store_class(ObjectStore(url, retry_s=0.2), config.name, 0)
+    return store_class(ObjectStore(url, retry_s=0.2), config.name, 0, "u")
 
 
 def start_service(
@@ -75,7 +75,7 @@ def receipts_of(delivery: pa.Table) -> tuple[np.ndarray, np.ndarray, list[str]]:
 def stored_bodies(url: str, config: QueueConfig) -> list[bytes]:
     """What a fresh leader recovers from storage, deletes applied. It fences earlier
     leaders, so call it once the service under test is done writing."""
-    recovered = PartitionStore(ObjectStore(url), config.name, 0).take_over()
+    recovered = PartitionStore(ObjectStore(url), config.name, 0, "u").take_over()
     deleted = set(recovered.deleted_offsets.tolist())
     return [
         row["body"]
@@ -86,7 +86,7 @@ def stored_bodies(url: str, config: QueueConfig) -> list[bytes]:
 
 
 def segment_objects(url: str, config: QueueConfig) -> list[str]:
-    return ObjectStore(url).list(f"queues/{config.name}/0/segments/")
+    return ObjectStore(url).list(f"queues/{config.name}.u/0/segments/")
 
 
 @pytest.fixture

@@ -412,7 +412,7 @@ def test_object_names_parse_back():
 
 def leader(objects: ObjectStore, queue: str = "orders", partition: int = 0) -> PartitionStore:
     """A PartitionStore that has taken over its partition, as a partition does on start."""
-    store = PartitionStore(objects, queue, partition)
+    store = PartitionStore(objects, queue, partition, "u")
     store.take_over()
     return store
 
@@ -428,7 +428,7 @@ def write_deletes(store: PartitionStore, offsets: list[int], seq: int) -> str:
 
 def recover(objects: ObjectStore, queue: str = "orders", partition: int = 0) -> RecoveredPartition:
     """What the next leader finds on storage."""
-    return PartitionStore(objects, queue, partition).take_over()
+    return PartitionStore(objects, queue, partition, "u").take_over()
 
 
 def recovered_bodies(objects: ObjectStore, queue: str = "orders", partition: int = 0) -> list[list[bytes]]:
@@ -443,7 +443,7 @@ def test_partition_store_recovers_what_it_wrote(storage_url):
     write_deletes(store, [1], seq=0)
     write_deletes(store, [2, 1], seq=1)
 
-    reader = PartitionStore(ObjectStore(storage_url), "orders", 0)
+    reader = PartitionStore(ObjectStore(storage_url), "orders", 0, "u")
     recovered = reader.take_over()
 
     assert [t.column("body").to_pylist() for _name, t in recovered.segments] == [[b"a", b"b"], [b"c"]]
