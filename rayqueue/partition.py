@@ -1,13 +1,22 @@
 """A partition at work: its log, its storage, group commit and long polling.
 
 ``PartitionService`` is what a partition actor hosts. It runs on one asyncio
-event loop and knows nothing of Ray, so it runs in unit tests as it is, and one
-actor process could later host many of them.
+event loop and knows nothing of Ray, so it runs in unit tests and in the
+deterministic simulation as it is, and one actor process can host many.
 
-The rule it keeps: persist, then publish. A send is appended to the log (and so
-becomes receivable) only after its segment is on storage; a delete takes effect
-only after its delete log is on storage. Blocking storage calls run in threads
-so that the event loop keeps serving receives while a write is in flight.
+The protocol, each rule kept by a piece of its own:
+
+- Persist, then publish: a send becomes receivable only once it is as durable as
+  the queue's ``durability`` promises (``rayqueue.durability``); a delete takes
+  effect only then.
+- One ordered writer per kind of object (``rayqueue.writer.OrderedWriter``): what
+  an epoch stored is always a prefix of what it wrote.
+- Floors only pass what is settled (``rayqueue.writer.Settlement``): stored *and*
+  in the log. Checkpoints and replica releases use those floors only.
+- Only the leader serves (``rayqueue.leadership.Leadership``): whatever is answered
+  from memory waits for a look at storage that began after the call arrived.
+- A fenced leader (replaced, or unable to store what it acknowledged) serves and
+  acknowledges nothing more.
 """
 
 from __future__ import annotations
@@ -24,15 +33,18 @@ import pyarrow.compute as pc
 
 from rayqueue import defaults
 from rayqueue.config import QueueConfig
-from rayqueue.errors import MessageTooLarge, PartitionFenced, PartitionRetired, StorageCorrupt, StorageUnavailable
+from rayqueue.durability import Durability, ReplicasFirst, StorageFirst
+from rayqueue.errors import MessageTooLarge, PartitionFenced, PartitionRetired, StorageCorrupt
 from rayqueue.group_commit import GroupCommit
+from rayqueue.leadership import Leadership
 from rayqueue.log import DeleteTicket, PartitionLog
 from rayqueue.message import PartitionStats
 from rayqueue.metrics import NoMetrics, PartitionMetrics
-from rayqueue.replication import HeldWrites, Replicator
+from rayqueue.replication import HeldWrites, ReplicaSet
 from rayqueue.storage import PartitionStore, RecoveredPartition
 from rayqueue.storage.format import body_sizes
 from rayqueue.storage.partition_store import Checkpoint
+from rayqueue.writer import OrderedWriter, RunBlocking, Settlement
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +63,8 @@ class PartitionService:
         clock: Callable[[], float] = time.time,
         checkpoint_every: int = defaults.CHECKPOINT_EVERY,
         metrics: PartitionMetrics | None = None,
-        replicator: Replicator | None = None,
+        replicas: ReplicaSet | None = None,
+        run_blocking: RunBlocking = asyncio.to_thread,
     ) -> None:
         self.config = config
         self.partition = partition
@@ -60,10 +73,10 @@ class PartitionService:
         self._checkpoint_every = checkpoint_every
         self._metrics = metrics or NoMetrics()
         self._state_reported_at = 0.0
-        self._replicator = replicator
-        # With durability "replicas", writes are acknowledged once the replicas hold
-        # them and stored in the background; otherwise replicas are standbys only.
-        self._replicas = replicator if config.durability == "replicas" else None
+        self._replicas = replicas
+        self._run_blocking = run_blocking
+        acknowledging = config.durability == "replicas" and replicas is not None
+        self._durability: Durability = ReplicasFirst(replicas) if acknowledging and replicas else StorageFirst()
         self._log = PartitionLog(
             partition,
             quota=config.partition_quota(partition),
@@ -77,19 +90,36 @@ class PartitionService:
         )
         self._deletes: GroupCommit[DeleteTicket] = GroupCommit(self._flush_deletes)
         self._next_delete_seq = 0
-        # First offsets of segments, and sequence numbers of delete logs, not stored yet:
-        # a checkpoint must not claim them, and replicas must keep holding them.
-        self._unstored_segments: dict[int, pa.RecordBatch] = {}
-        self._unstored_deletes: dict[int, np.ndarray] = {}
+        self._segments_settled = Settlement()
+        self._deletes_settled = Settlement()
+        persistent = self._durability.acknowledges_unstored
+        self._segment_writer = OrderedWriter(
+            self._segments_settled,
+            run_blocking,
+            persistent=persistent,
+            on_stored=self._segment_stored,
+            on_fatal=self._cannot_store,
+            on_write_seconds=self._metrics.storage_write,
+        )
+        self._delete_writer = OrderedWriter(
+            self._deletes_settled,
+            run_blocking,
+            persistent=persistent,
+            on_stored=lambda seq: self._settled(),
+            on_fatal=self._cannot_store,
+            on_write_seconds=self._metrics.storage_write,
+        )
+        self._leadership = Leadership(lambda: self._run_blocking(self._store.check_leader), self._fence)
         self._since_checkpoint = 0
         self._checkpointing: asyncio.Task[None] | None = None
         self._pending_ids: dict[str, asyncio.Future[None]] = {}
         self._sent_total = 0
         #: Scaling in: refuse sends, keep serving receives and deletes.
         self.retiring = False
-        #: A newer leader took over (storage or a replica said so): serve nothing more.
+        #: Replaced by a newer leader, or unable to store what it acknowledged: serve nothing more.
         self.fenced = False
-        self._watching: asyncio.Task[None] | None = None
+        #: Told (once) when this leader fences itself, so its host can stop it.
+        self.on_fenced: Callable[[], None] = lambda: None
         self._changed = asyncio.Event()
         self.objects_recovered = 0
 
@@ -106,20 +136,26 @@ class PartitionService:
         for name, table in recovered.segments:  # read one at a time: memory stays in budget
             self._log.load_segment(name, table, recovered.deleted_offsets, now)
         self._log.finish_load(recovered.next_offset, now)
+        self._log.epoch = self.epoch
+        if self._replicas is not None:
+            self._replicas.epoch = self.epoch
         self._next_delete_seq = recovered.next_delete_seq
         self.objects_recovered = self._store.objects_read
 
     def _store_held(self, recovered: RecoveredPartition, held: HeldWrites) -> None:
-        # Under this leader's epoch; a copy the old leader stored before the takeover
-        # was recovered already (same first offset), one it stores later is fenced off.
+        # Under this leader's epoch. A copy the old leader stored before the takeover was
+        # recovered already; one it stores later lands past the fence and is ignored.
         # One below the checkpoint's floor that storage no longer has was stored, then
         # emptied by deletes and removed: storing it again would bring deleted messages back.
         stored = recovered.segments.first_offsets()
         for first, batch in sorted(held.segments.items()):
-            if first not in stored and first >= recovered.checkpointed_below:
-                name = self._store.write_segment(batch)
-                recovered.segments.add(name, pa.Table.from_batches([batch]))
-                recovered.next_offset = max(recovered.next_offset, first + batch.num_rows)
+            if first in stored or first < recovered.checkpointed_below:
+                continue
+            if first < recovered.next_offset:  # overlaps what storage has: never two copies of an offset
+                raise StorageCorrupt(self._store.segment_name(first), "a held segment overlaps stored ones")
+            name = self._store.write_segment(batch)
+            recovered.segments.add(name, pa.Table.from_batches([batch]))
+            recovered.next_offset = first + batch.num_rows
         if held.deletes:
             offsets = np.unique(np.concatenate(list(held.deletes.values())))
             self._store.write_deletes(offsets, recovered.next_delete_seq)
@@ -130,27 +166,21 @@ class PartitionService:
     def epoch(self) -> int:
         return self._store.epoch
 
-    def watch_leadership(self, interval_s: float = defaults.LEADERSHIP_CHECK_INTERVAL_S) -> None:
-        """Look for a newer leader's claim every ``interval_s`` (from the running event
-        loop, once): writes find out at once, but a leader that only serves receives
-        would otherwise hand out messages its successor has had deleted."""
-        if self._watching is None or self._watching.done():
-            try:
-                asyncio.get_running_loop()
-            except RuntimeError:  # called outside the loop (a synchronous actor method): next time
-                return
-            self._watching = asyncio.ensure_future(self._watch(interval_s))
+    def _fence(self) -> None:
+        if not self.fenced:
+            log.warning("%s partition %d (epoch %d): fenced; serving nothing more", self.config.name, self.partition, self.epoch)
+            self.fenced = True
+            self._notify()  # long polls wake up and refuse
+            self.on_fenced()
 
-    async def _watch(self, interval_s: float) -> None:
-        while not self.fenced:
-            await asyncio.sleep(interval_s)
-            try:
-                await asyncio.to_thread(self._store.check_leader)
-            except PartitionFenced:
-                log.warning("%s partition %d: a newer leader took over; serving nothing more", self.config.name, self.partition)
-                self.fenced = True
-            except StorageUnavailable:
-                pass  # writes and the next look will tell
+    def _cannot_store(self, error: BaseException) -> None:
+        """A write acknowledged before it was stored cannot be stored: stop, so that
+        a replica holding it takes over (it is never released, never passed by a floor)."""
+        self._fence()
+
+    def _refuse_if_fenced(self) -> None:
+        if self.fenced:
+            raise PartitionFenced(f"{self.config.name}/{self.partition}", self.epoch)
 
     # -------------------------------------------------------------------- sends
 
@@ -160,6 +190,7 @@ class PartitionService:
         With ``dedup``, rows whose id was sent in the dedup window are skipped
         (and the call waits for them if they are still being stored).
         """
+        self._refuse_if_fenced()
         if self.retiring:
             raise PartitionRetired(self.config.name, self.partition)
         self._check_sizes(rows)
@@ -204,107 +235,105 @@ class PartitionService:
         return rows.filter(pa.array(keep, pa.bool_())), fresh, earlier
 
     async def _flush_sends(self, items: list[tuple[pa.Table, bool]]) -> None:
+        self._refuse_if_fenced()
         count = sum(rows.num_rows for rows, _ in items)
+        segment = self._log.stamp(pa.concat_tables([rows for rows, _ in items]), self._clock())
+        first = segment.column(0)[0].as_py()
+        self._segments_settled.open(first)
         try:
-            segment = self._log.stamp(pa.concat_tables([rows for rows, _ in items]), self._clock())
-            first = segment.column(0)[0].as_py()
-            self._unstored_segments[first] = segment
-            storing = self._write(self._store.write_segment, segment, unstored=self._unstored_segments, key=first)
-            stored = not (self._replicas is not None and await self._replicas.segment(segment))
-            name = await storing if stored else self._store.segment_name(first)
+            stored = self._segment_writer.submit(first, self._store.write_segment, segment, payload=segment)
+            await self._durability.segment(segment, stored)
+            self._refuse_if_fenced()  # a fenced leader acknowledges nothing
         except BaseException as error:
             self._log.release(count)
-            self.fenced |= isinstance(error, PartitionFenced)
+            self._segments_settled.done(first, "applied")
+            if isinstance(error, PartitionFenced):
+                self._fence()
             raise
-        self._log.publish(segment, name, explicit_ids=any(dedup for _, dedup in items), stored=stored)
+        on_storage = stored.done() and not stored.cancelled() and stored.exception() is None
+        name = self._store.segment_name(first)
+        self._log.publish(segment, name, explicit_ids=any(dedup for _, dedup in items), stored=on_storage)
+        self._segments_settled.done(first, "applied")
+        self._settled()
         self._sent_total += count
         self._metrics.sent(count, int(body_sizes(segment.column("body")).sum()))
         self._report_state()
         self._notify()
 
-    def _write(self, write: Callable[..., Any], *args: Any, unstored: dict[int, Any], key: int) -> asyncio.Future[Any]:
-        """Store in a thread; ``unstored[key]`` is dropped once done. With durability
-        "replicas" the write runs on its own and is retried until it succeeds, since
-        it was acknowledged already."""
+    def _segment_stored(self, first: int) -> None:
+        self._log.mark_stored(first)  # now its data may be evicted
+        self._settled()
 
-        async def attempt() -> Any:
-            started, delay = time.perf_counter(), 0.1
-            try:
-                while True:
-                    try:
-                        result = await asyncio.to_thread(write, *args)
-                        break
-                    except StorageUnavailable:
-                        if self._replicas is None:
-                            raise
-                        log.warning("%s partition %d: storage unavailable, retrying", self.config.name, self.partition)
-                        await asyncio.sleep(delay)
-                        delay = min(delay * 2, 5.0)
-            finally:
-                unstored.pop(key, None)
-            if unstored is self._unstored_segments:
-                self._log.mark_stored(key)  # now its data may be evicted
-            self._metrics.storage_write(time.perf_counter() - started)
-            if self._replicas is not None:
-                self._replicas.stored(*self._stored_floors())
-            return result
+    def _settled(self) -> None:
+        """Floors moved: replicas may let go of what is settled."""
+        self._durability.settled(*self._floors())
 
-        task = asyncio.ensure_future(attempt())
-        if self._replicas is not None:  # nobody may be awaiting it
-            task.add_done_callback(_log_failure)
-        return task
-
-    def _stored_floors(self) -> tuple[int, int]:
-        """Every segment below the first offset, and every delete log below the
-        sequence number, is on storage."""
+    def _floors(self) -> tuple[int, int]:
+        """Every segment below the first offset, and every delete log below the sequence
+        number, is settled: on storage and in the log (or failed, unacknowledged)."""
         return (
-            min(self._unstored_segments, default=self._log.next_offset),
-            min(self._unstored_deletes, default=self._next_delete_seq),
+            self._segments_settled.floor(self._log.next_offset),
+            self._deletes_settled.floor(self._next_delete_seq),
         )
 
     def unstored(self) -> HeldWrites:
-        """What is acknowledged or being written but not on storage yet: what a
-        replica joining the in-sync set must be given first. With durability "storage"
-        nothing acknowledged waits for storage, and replicas are standbys that hold
-        nothing (and, told nothing of later deletes, must hold nothing)."""
-        if self._replicas is None:
+        """What is acknowledged or being written but not on storage yet: what a replica
+        joining the in-sync set must be given first (nothing with durability "storage",
+        where replicas are standbys that hold nothing)."""
+        if not self._durability.acknowledges_unstored:
             return HeldWrites()
-        return HeldWrites(dict(self._unstored_segments), dict(self._unstored_deletes))
+        return HeldWrites(self._segment_writer.pending(), self._delete_writer.pending())
 
     # ----------------------------------------------------------------- receives
 
     async def receive(self, max_messages: int, wait_s: float, visibility_s: float | None) -> pa.Table:
-        """Up to ``max_messages`` deliveries; waits up to ``wait_s`` for the first one."""
+        """Up to ``max_messages`` deliveries; waits up to ``wait_s`` for the first one.
+
+        Messages are taken, then leadership is confirmed before they are handed out:
+        a replaced leader hands out nothing (and gives back what it took)."""
         visibility = self.config.visibility_timeout_s if visibility_s is None else visibility_s
         loop = asyncio.get_running_loop()
         give_up = loop.time() + wait_s
         while True:
+            self._refuse_if_fenced()  # replaced while this long poll waited: its successor serves now
             await self._read_back()
-            if self.fenced:  # replaced while this long poll waited: its successor serves now
-                raise PartitionFenced(f"{self.config.name}/{self.partition}", self.epoch)
             delivery = self._log.receive(max_messages, self._clock(), visibility)
             remaining = give_up - loop.time()
-            if delivery.num_rows or remaining <= 0:
-                if delivery.num_rows:
-                    redelivered = pc.sum(pc.greater(delivery.column("receive_count"), 1)).as_py() or 0
-                    self._metrics.received(delivery.num_rows, redelivered)
-                    self._report_state()
+            if delivery.num_rows:
+                await self._confirm(delivery)
+                redelivered = pc.sum(pc.greater(delivery.column("receive_count"), 1)).as_py() or 0
+                self._metrics.received(delivery.num_rows, redelivered)
+                self._report_state()
+                return delivery
+            if remaining <= 0:
                 return delivery
             await self._wait_for_change(remaining)
+
+    async def _confirm(self, taken: pa.Table | None = None) -> None:
+        """Return once leadership is confirmed (read-index); else give back what was taken and raise."""
+        try:
+            await self._leadership.confirm()
+        except BaseException:
+            if taken is not None:
+                self._log.give_back(taken)
+                self._notify()
+            raise
 
     async def _read_back(self) -> None:
         """Read evicted messages back from storage as the cursor nears them."""
         for chunk in self._log.to_load():
-            table = await asyncio.to_thread(self._store.read_segment, chunk.segment)
+            table = await self._run_blocking(self._store.read_segment, chunk.segment)
             if table is None:
                 raise StorageCorrupt(chunk.segment, "a segment holding live messages is unreadable")
             self._log.restore(chunk, table)
 
     async def wait_visible(self, wait_s: float) -> bool:
-        """Whether a message is visible, waiting up to ``wait_s`` for one. Takes nothing."""
+        """Whether a message is visible, waiting up to ``wait_s`` for one. Takes nothing
+        (a receive that follows confirms leadership)."""
         loop = asyncio.get_running_loop()
         give_up = loop.time() + wait_s
         while not self._log.has_visible(self._clock()):
+            self._refuse_if_fenced()
             remaining = give_up - loop.time()
             if remaining <= 0:
                 return False
@@ -324,31 +353,49 @@ class PartitionService:
         self._changed.set()
         self._changed = asyncio.Event()
 
+    async def change_visibility(self, offset: int, token: int, receipt: str, timeout_s: float) -> None:
+        """Make one in-flight message visible again after ``timeout_s`` (once leadership is confirmed)."""
+        self._refuse_if_fenced()
+        await self._confirm()
+        self._log.change_visibility(offset, token, receipt, timeout_s, self._clock())
+        self._notify()
+
     # ------------------------------------------------------------------ deletes
 
     async def delete(self, offsets: np.ndarray, tokens: np.ndarray, receipts: list[str]) -> None:
-        """Delete by receipt; return once the delete is on storage. All or nothing."""
+        """Delete by receipt; return once the delete is durable. All or nothing.
+
+        A delete with nothing to write (messages already deleted) is answered only once
+        leadership is confirmed: a replaced leader must not acknowledge it."""
+        self._refuse_if_fenced()
         ticket = self._log.prepare_delete(offsets, tokens, receipts)
         if len(ticket.offsets):
             await self._deletes.submit(ticket)
+        else:
+            await self._confirm()
 
     async def _flush_deletes(self, tickets: list[DeleteTicket]) -> None:
         offsets = np.concatenate([ticket.offsets for ticket in tickets])
         seq = self._next_delete_seq
         self._next_delete_seq += 1
+        self._deletes_settled.open(seq)
         try:
-            self._unstored_deletes[seq] = offsets
-            storing = self._write(self._store.write_deletes, offsets, seq, unstored=self._unstored_deletes, key=seq)
-            if self._replicas is None or not await self._replicas.deletes(seq, offsets):
-                await storing
+            self._refuse_if_fenced()
+            stored = self._delete_writer.submit(seq, self._store.write_deletes, offsets, seq, payload=offsets)
+            await self._durability.deletes(seq, offsets, stored)
+            self._refuse_if_fenced()
         except BaseException as error:
-            self.fenced |= isinstance(error, PartitionFenced)
+            self._deletes_settled.done(seq, "applied")
+            if isinstance(error, PartitionFenced):
+                self._fence()
             for ticket in tickets:
                 self._log.abort_delete(ticket)
             self._notify()
             raise
         for ticket in tickets:
             self._log.commit_delete(ticket)
+        self._deletes_settled.done(seq, "applied")
+        self._settled()
         self._metrics.deleted(len(offsets))
         self._report_state()
         self._since_checkpoint += 1
@@ -363,24 +410,28 @@ class PartitionService:
 
     async def checkpoint(self) -> None:
         """Fold delete logs and drop dead segments on storage. Failures are logged and
-        retried at the next opportunity: the partition keeps serving either way."""
-        # Taken without awaiting, so the snapshot is consistent; what is being
-        # written right now is left to the next checkpoint.
+        retried at the next opportunity: the partition keeps serving either way.
+
+        Invariant: its floors are the settlement floors, taken in the same step as the
+        log's snapshot (no await between), so every segment below its offset floor is
+        in the snapshot or holds nothing live, and every delete log below its sequence
+        floor is in the snapshot's deleted ranges."""
+        if self.fenced:
+            return
         segments, deleted = self._log.live_segments(self._clock())
-        next_offset, seq = self._stored_floors()
+        next_offset, seq = self._floors()
         checkpoint = Checkpoint(seq=seq, epoch=self.epoch, next_offset=next_offset, segments=segments, deleted=deleted)
         since, dropped = self._since_checkpoint, self._log.dropped_segments
         try:
-            await asyncio.to_thread(self._store.write_checkpoint, checkpoint)
+            await self._run_blocking(self._store.write_checkpoint, checkpoint)
+        except PartitionFenced:
+            self._fence()
+            return
         except Exception:
             log.exception("checkpoint of %s partition %d failed; will retry", self.config.name, self.partition)
             return
         self._since_checkpoint -= since
         self._log.dropped_segments -= dropped
-
-    def change_visibility(self, offset: int, token: int, receipt: str, timeout_s: float) -> None:
-        self._log.change_visibility(offset, token, receipt, timeout_s, self._clock())
-        self._notify()
 
     # -------------------------------------------------------------------- state
 
@@ -392,8 +443,8 @@ class PartitionService:
             stats.visible,
             stats.in_flight,
             stats.stored_bytes,
-            replicas_in_sync=self._replicator.in_sync() if self._replicator else 0,
-            replicas_on_leader_node=self._replicator.on_leader_node() if self._replicator else 0,
+            replicas_in_sync=self._replicas.in_sync() if self._replicas else 0,
+            replicas_on_leader_node=self._replicas.on_leader_node() if self._replicas else 0,
             sent_total=self._sent_total,
             retiring=self.retiring,
         )
@@ -409,8 +460,3 @@ class PartitionService:
             self._state_reported_at = now
             self.stats()
 
-
-def _log_failure(task: asyncio.Future[Any]) -> None:
-    # A background store that nobody awaits must not fail silently.
-    if not task.cancelled() and task.exception() is not None:
-        log.error("storing failed for good: %s", task.exception())

@@ -1,47 +1,41 @@
 """Replication between a partition's leader and its replicas: the parts without Ray.
 
-With ``durability="replicas"`` a leader acknowledges a write once every in-sync
-replica holds it, and stores it in the background. A replica therefore holds
-exactly what its leader has acknowledged but not yet stored (``HeldWrites``);
-the leader tells it when a write reached storage, and it lets go. Storage is
-the record of everything else, so a promoted replica takes over from storage
-(under a new epoch, which fences the old leader) and then stores what it held.
+With ``durability="replicas"`` a leader acknowledges a write once every replica
+of its in-sync set holds it, and stores it in the background. A replica
+therefore holds what its leader acknowledged but has not stored yet
+(``HeldWrites``); the leader tells it when a write is settled (stored and taken
+into the log), and it lets go. Storage is the record of everything else, so a
+promoted replica takes over from storage (under a new epoch, which fences the
+old leader) and then stores what it held.
+
+The in-sync set is the coordinator's recorded fact, as Kafka's controller keeps
+it: the leader's own set is always a superset of the recorded one. A replica is
+added locally first and then reported; a replica that fails is removed locally
+only once the coordinator has recorded its removal, and until then every write
+waits for storage. So every replica the coordinator may promote holds every
+write acknowledged without storage.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import pyarrow as pa
 
+from rayqueue import defaults
+from rayqueue.errors import PartitionFenced
 
-class Replicator(Protocol):
-    """How a leader reaches its replicas."""
-
-    async def segment(self, batch: pa.RecordBatch) -> bool:
-        """Hand a stamped segment to every in-sync replica; True if at least one holds it
-        (replicas that fail or time out leave the in-sync set). Raises ``PartitionFenced``
-        if a replica has seen a newer leader: this one must acknowledge nothing more."""
-
-    async def deletes(self, seq: int, offsets: np.ndarray) -> bool:
-        """Hand a delete log to every in-sync replica; True if at least one holds it."""
-
-    def stored(self, offset_floor: int, seq_floor: int) -> None:
-        """Tell replicas that every segment below ``offset_floor`` and every delete log
-        below ``seq_floor`` is on storage (no reply awaited)."""
-
-    def in_sync(self) -> int:
-        """Replicas currently in sync."""
-
-    def on_leader_node(self) -> int:
-        """In-sync replicas placed on the leader's own node."""
+log = logging.getLogger(__name__)
 
 
 @dataclass
 class HeldWrites:
-    """What a replica holds: writes its leader acknowledged but has not stored yet."""
+    """What a replica holds: writes its leader acknowledged but has not settled yet."""
 
     segments: dict[int, pa.RecordBatch] = field(default_factory=dict)
     deletes: dict[int, np.ndarray] = field(default_factory=dict)
@@ -57,9 +51,211 @@ class HeldWrites:
         self.deletes = {seq: offsets for seq, offsets in self.deletes.items() if seq >= seq_floor}
 
 
+class ReplicaState:
+    """A replica's side: what it holds, and whose writes it takes.
+
+    Invariant: it takes writes (and releases) only from the newest leader epoch it
+    has heard of, whether from that leader's writes or from the coordinator's
+    ``fence`` at a promotion, and none once it leads itself. A leader that was
+    replaced but still runs therefore learns it is fenced before it can count
+    this replica's acknowledgement.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self.held = HeldWrites()
+        #: The newest leader epoch this replica has heard of.
+        self.leader_epoch = 0
+        self.promoted = False
+
+    def hold_segment(self, epoch: int, batch: pa.RecordBatch) -> None:
+        self._follow(epoch)
+        self.held.add_segment(batch)
+
+    def hold_deletes(self, epoch: int, seq: int, offsets: np.ndarray) -> None:
+        self._follow(epoch)
+        self.held.add_deletes(seq, offsets)
+
+    def release(self, epoch: int, offset_floor: int, seq_floor: int) -> None:
+        """Let go of what the leader of ``epoch`` settled; a late release from an older
+        leader is ignored (it could drop what the newer one sent)."""
+        if not self.promoted and epoch >= self.leader_epoch:
+            self.leader_epoch = epoch
+            self.held.release(offset_floor, seq_floor)
+
+    def fence(self, epoch: int) -> None:
+        """A leader of ``epoch`` was promoted: refuse every older one from now on."""
+        self.leader_epoch = max(self.leader_epoch, epoch)
+
+    def promote(self) -> HeldWrites:
+        """Stop taking writes; return what is held, for the takeover to store."""
+        self.promoted = True
+        held, self.held = self.held, HeldWrites()
+        return held
+
+    def _follow(self, epoch: int) -> None:
+        if self.promoted or epoch < self.leader_epoch:
+            raise PartitionFenced(self._name, epoch)
+        self.leader_epoch = epoch
+
+
+class ReplicaLink(Protocol):
+    """How a leader reaches its replicas and the coordinator: Ray in production
+    (``rayqueue.actors.replicator``), fakes in tests and the simulation."""
+
+    async def hold(self, replica: str, method: str, args: tuple[Any, ...]) -> None:
+        """Call ``hold_segment`` or ``hold_deletes`` on a replica; raise if it did not take it."""
+
+    def release(self, replica: str, epoch: int, offset_floor: int, seq_floor: int) -> None:
+        """Tell a replica what is settled (no reply awaited)."""
+
+    async def report_in_sync(self, replica: str) -> bool:
+        """Ask the coordinator to record ``replica`` as in sync; False if it refused."""
+
+    async def report_lost(self, replicas: list[str]) -> bool:
+        """Ask the coordinator to record that these replicas left the in-sync set (and
+        replace them); True once recorded, False if it refused (this leader was replaced)."""
+
+    def on_leader_node(self, replicas: list[str]) -> int:
+        """How many of these replicas share the leader's node."""
+
+
+class ReplicaSet:
+    """A leader's replicas: who is joining, who is in sync, who is leaving.
+
+    ``acknowledging``: with durability "replicas" the replicas take every write and
+    their acknowledgement counts; with durability "storage" they are standbys that
+    hold nothing (told nothing of later deletes, they must hold nothing).
+    """
+
+    def __init__(self, link: ReplicaLink, acknowledging: bool, timeout_s: float = defaults.REPLICA_TIMEOUT_S) -> None:
+        self._link = link
+        self._acknowledging = acknowledging
+        self._timeout_s = timeout_s
+        self._joining: set[str] = set()
+        self._in_sync: set[str] = set()
+        #: Failed in-sync replicas whose removal the coordinator has not recorded yet:
+        #: they still count in the acknowledgement rule, so writes wait for storage.
+        self._leaving: set[str] = set()
+        self._reports: set[asyncio.Task[None]] = set()
+        #: The leader's epoch, set once it has taken over; every write carries it.
+        self.epoch = 0
+
+    async def attach(self, replicas: list[str], unstored: Callable[[], HeldWrites]) -> None:
+        """Replicate to exactly these replicas from now on; return once the new ones caught up."""
+        wanted = set(replicas)
+        self._joining &= wanted
+        self._in_sync &= wanted
+        self._leaving &= wanted
+        newcomers = sorted(wanted - self._joining - self._in_sync - self._leaving)
+        self._joining.update(newcomers)
+        held = unstored() if self._acknowledging else HeldWrites()  # taken after joining: later writes reach them
+        outcomes = await asyncio.gather(*(self._catch_up(name, held) for name in newcomers), return_exceptions=True)
+        failed = [name for name, outcome in zip(newcomers, outcomes) if isinstance(outcome, BaseException)]
+        for name in newcomers:
+            if name in self._joining and name not in failed:
+                self._joining.discard(name)
+                self._in_sync.add(name)  # locally first: the recorded set stays a subset
+                if self._acknowledging:
+                    self._report(self._record_in_sync(name))
+        if failed:
+            self._drop_joining(failed)
+
+    async def _catch_up(self, name: str, held: HeldWrites) -> None:
+        calls = [self._link.hold(name, "hold_segment", (self.epoch, batch)) for batch in held.segments.values()]
+        calls += [self._link.hold(name, "hold_deletes", (self.epoch, seq, offsets)) for seq, offsets in held.deletes.items()]
+        await asyncio.gather(*calls)
+
+    def names(self) -> list[str]:
+        return sorted(self._in_sync)
+
+    def in_sync(self) -> int:
+        return len(self._in_sync)
+
+    def on_leader_node(self) -> int:
+        return self._link.on_leader_node(self.names())
+
+    async def segment(self, batch: pa.RecordBatch) -> bool:
+        """Hand a stamped segment to every replica; True if every replica of the
+        in-sync set holds it (and there is one): it may be acknowledged before it is
+        stored. Raises PartitionFenced if a replica heard of a newer leader."""
+        return await self._to_all("hold_segment", (self.epoch, batch))
+
+    async def deletes(self, seq: int, offsets: np.ndarray) -> bool:
+        return await self._to_all("hold_deletes", (self.epoch, seq, offsets))
+
+    def release(self, offset_floor: int, seq_floor: int) -> None:
+        for name in sorted(self._joining | self._in_sync):
+            self._link.release(name, self.epoch, offset_floor, seq_floor)
+
+    async def _to_all(self, method: str, args: tuple[Any, ...]) -> bool:
+        targets = sorted(self._joining | self._in_sync)
+        outcomes = await asyncio.gather(
+            *(asyncio.wait_for(self._link.hold(name, method, args), self._timeout_s) for name in targets),
+            return_exceptions=True,
+        )
+        if any(isinstance(outcome, PartitionFenced) for outcome in outcomes):
+            raise PartitionFenced(f"replicas of epoch {self.epoch}", self.epoch)
+        failed = {name: outcome for name, outcome in zip(targets, outcomes) if isinstance(outcome, BaseException)}
+        if failed:
+            causes = {name: f"{type(error).__name__}: {error}"[:200] for name, error in failed.items()}
+            log.warning("replicas failed a write (epoch %d): %s", self.epoch, causes)
+            self._drop_joining([name for name in failed if name in self._joining])
+            leaving = [name for name in failed if name in self._in_sync]
+            if leaving:
+                self._in_sync.difference_update(leaving)
+                self._leaving.update(leaving)
+                self._report(self._record_lost(leaving))
+        return bool(self._in_sync) and not self._leaving
+
+    def _drop_joining(self, names: list[str]) -> None:
+        # Never counted: the coordinator need only replace them (no answer awaited).
+        self._joining.difference_update(names)
+        self._report(self._tell_lost(names))
+
+    async def _tell_lost(self, names: list[str]) -> None:
+        try:
+            await self._link.report_lost(names)
+        except Exception:  # the coordinator's health check finds dead replicas anyway
+            log.warning("could not tell the coordinator about replicas %s", names)
+
+    async def _record_lost(self, names: list[str]) -> None:
+        """Until the coordinator has recorded it, these replicas count: writes wait for storage."""
+        delay = 0.1
+        while True:
+            try:
+                recorded = await self._link.report_lost(names)
+            except Exception as error:
+                log.warning("reporting lost replicas %s failed (%s); retrying", names, error)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                continue
+            if recorded:
+                self._leaving.difference_update(names)
+            # Refused: this leader was replaced. They stay: it acknowledges only what it stores
+            # (and storage fences it).
+            return
+
+    async def _record_in_sync(self, name: str) -> None:
+        delay = 0.1
+        while name in self._in_sync:
+            try:
+                await self._link.report_in_sync(name)
+                return
+            except Exception as error:
+                log.warning("reporting replica %s in sync failed (%s); retrying", name, error)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    def _report(self, report: Any) -> None:
+        task = asyncio.ensure_future(report)
+        self._reports.add(task)  # kept until done: the loop holds tasks only weakly
+        task.add_done_callback(self._reports.discard)
+
+
 def detach(batch: pa.RecordBatch) -> pa.RecordBatch:
-    """A copy in this process's own memory, independent of the object store buffer
-    it arrived in (whose owner, the leader, may die)."""
+    """A copy in this process's own memory, independent of the buffer it arrived in
+    (whose owner, the leader, may die)."""
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, batch.schema) as writer:
         writer.write_batch(batch)

@@ -28,7 +28,11 @@ class PartitionHost:
     def add(self, name: str, *args: Any) -> None:
         """Start hosting partition ``name`` (``args`` as for PartitionActor), unless it is here."""
         if name not in self._hosted:
-            self._hosted[name] = PartitionActor(*args)
+            hosted = PartitionActor(*args, name=name)
+            # Fenced: it leaves this host (the coordinator sees it gone and fails it over);
+            # the other partitions here go on.
+            hosted.stop_when_fenced = lambda: self.remove(name)
+            self._hosted[name] = hosted
 
     def remove(self, name: str) -> None:
         self._hosted.pop(name, None)

@@ -8,9 +8,13 @@ Only forwarding lives here.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import itertools
+import logging
+import os
 import time
+from collections.abc import Callable
 from typing import Any, Literal
 
 import numpy as np
@@ -19,14 +23,16 @@ import ray
 
 from rayqueue import defaults
 from rayqueue.actors.metrics import RayPartitionMetrics
-from rayqueue.actors.replicator import RayReplicator
+from rayqueue.actors.replicator import RayReplicaLink
 from rayqueue.config import QueueConfig
 from rayqueue.errors import PartitionFenced, PartitionUnavailable
 from rayqueue.message import PartitionStats
 from rayqueue.partition import PartitionService
-from rayqueue.replication import HeldWrites
+from rayqueue.replication import ReplicaSet, ReplicaState
 from rayqueue.storage import ObjectStore, PartitionStore
 from rayqueue.wire import Endpoint, Parked, Server
+
+log = logging.getLogger(__name__)
 
 Role = Literal["leader", "replica"]
 
@@ -36,6 +42,8 @@ WIRE_METHODS = frozenset({"send", "receive", "wait_visible", "delete", "change_v
 PARKED_FOR_S = 60.0
 #: What a leader calls on its replicas over the same channel.
 REPLICA_WIRE_METHODS = frozenset({"hold_segment", "hold_deletes"})
+#: How long a fenced leader's process lives on, so that its last replies go out.
+EXIT_AFTER_FENCE_S = 0.5
 
 
 class ParkedReplies:
@@ -78,32 +86,44 @@ class PartitionActor:
         role: Role,
         namespace: str,
         uid: str,
+        name: str | None = None,
     ) -> None:
         self._config = config
         self._partition = partition
+        self._name = name or ray.get_runtime_context().get_actor_name() or f"{config.name}/{partition}"
         self._store = PartitionStore(ObjectStore(storage, storage_options), config.name, partition, uid)
-        self._replicator = RayReplicator(config.name, partition, namespace)
-        self._held = HeldWrites()
-        #: The newest leader epoch this replica has taken writes from.
-        self._leader_epoch = 0
+        self._link = RayReplicaLink(config.name, partition, namespace, self._name)
+        self._replica = ReplicaState(self._name)
         self._service: PartitionService | None = None
         self._wire: Server | None = None
         self._parked = ParkedReplies()
+        #: How this partition stops once it fenced itself (its host replaces this for a hosted one).
+        self.stop_when_fenced: Callable[[], None] = _exit_process
         if role == "leader":
             self._lead()
 
     def _lead(self) -> None:
+        replicas = ReplicaSet(self._link, acknowledging=self._config.durability == "replicas")
         service = PartitionService(
             self._config,
             self._partition,
             self._store,
             metrics=RayPartitionMetrics(self._config.name, self._partition),
-            replicator=self._replicator if self._config.replicas else None,
+            replicas=replicas if self._config.replicas else None,
         )
-        service.recover(self._held)
-        self._held = HeldWrites()
-        self._replicator.epoch = service.epoch
+        service.recover(self._replica.promote())
+        service.on_fenced = self._fenced
+        self._replicas = replicas
         self._service = service
+
+    def _fenced(self) -> None:
+        # Replaced, or unable to store what it acknowledged: stop, so that Ray and the
+        # coordinator put a leader in its place (a replica, or a restart from storage).
+        log.warning("%s: fenced; stopping in %.1f s", self._name, EXIT_AFTER_FENCE_S)
+        try:
+            asyncio.get_running_loop().call_later(EXIT_AFTER_FENCE_S, self.stop_when_fenced)
+        except RuntimeError:  # not on the event loop (a synchronous call): stop now
+            self.stop_when_fenced()
 
     @property
     def _leader(self) -> PartitionService:
@@ -111,7 +131,6 @@ class PartitionActor:
             raise PartitionUnavailable(self._config.name, self._partition, "asked a replica, not the leader")
         if self._service.fenced:  # still running, but replaced: handles must find the new leader
             raise PartitionFenced(f"{self._config.name}/{self._partition}", self._service.epoch)
-        self._service.watch_leadership()
         return self._service
 
     # ------------------------------------------------------------------ control
@@ -129,9 +148,14 @@ class PartitionActor:
         return self._leader.epoch
 
     async def attach_replicas(self, replicas: dict[str, Any]) -> None:
-        """Replicate to these replicas (by actor name) from now on; see RayReplicator."""
+        """Replicate to these replicas (by actor name) from now on; see ReplicaSet."""
         if self._service is not None and self._config.replicas:
-            await self._replicator.attach(replicas, self._service.unstored)
+            self._link.attach(replicas)
+            await self._replicas.attach(list(replicas), self._service.unstored)
+
+    def fence(self, epoch: int) -> None:
+        """The coordinator promoted a leader of ``epoch``: refuse every older leader's writes."""
+        self._replica.fence(epoch)
 
     def set_scaling(self, retiring: bool, partitions: int) -> None:
         """Scaling: whether this partition is retiring, and how many the queue has now."""
@@ -139,7 +163,7 @@ class PartitionActor:
         self._leader.set_partition_count(partitions)
 
     def in_sync_replicas(self) -> list[str]:
-        return self._replicator.names()
+        return self._replicas.names() if self._service is not None else []
 
     async def wire_endpoint(self) -> Endpoint:
         """Where handles make data calls without Ray's per-call cost (see rayqueue.wire)."""
@@ -163,21 +187,13 @@ class PartitionActor:
     # ----------------------------------------------------------- as a replica
 
     def hold_segment(self, epoch: int, batch: pa.RecordBatch) -> None:
-        self._follow(epoch)
-        self._held.add_segment(batch)
+        self._replica.hold_segment(epoch, batch)
 
     def hold_deletes(self, epoch: int, seq: int, offsets: np.ndarray) -> None:
-        self._follow(epoch)
-        self._held.add_deletes(seq, offsets)
+        self._replica.hold_deletes(epoch, seq, offsets)
 
-    def _follow(self, epoch: int) -> None:
-        """Take writes only from the newest leader: a replaced one must not be acknowledged."""
-        if self._service is not None or epoch < self._leader_epoch:  # it leads now, or a newer one does
-            raise PartitionFenced(f"{self._config.name}/{self._partition}", epoch)
-        self._leader_epoch = epoch
-
-    def release(self, offset_floor: int, seq_floor: int) -> None:
-        self._held.release(offset_floor, seq_floor)
+    def release(self, epoch: int, offset_floor: int, seq_floor: int) -> None:
+        self._replica.release(epoch, offset_floor, seq_floor)
 
     # ------------------------------------------------------------ as a leader
 
@@ -194,10 +210,14 @@ class PartitionActor:
         await self._leader.delete(offsets, tokens, receipts)
 
     async def change_visibility(self, offset: int, token: int, receipt: str, timeout_s: float) -> None:
-        self._leader.change_visibility(offset, token, receipt, timeout_s)
+        await self._leader.change_visibility(offset, token, receipt, timeout_s)
 
     async def stats(self) -> PartitionStats:
         return self._leader.stats()
+
+
+def _exit_process() -> None:
+    os._exit(1)  # a crash to Ray: it restarts a leader without replicas, or reports it dead
 
 
 RemotePartition = ray.remote(PartitionActor)

@@ -1,130 +1,62 @@
-"""A leader's link to its replica actors: replicate, track the in-sync set, report losses."""
+"""A leader's link to its replica actors and to the coordinator, over Ray and the
+direct channel: the transport under ``rayqueue.replication.ReplicaSet``."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 import ray
 
 from rayqueue import defaults
 from rayqueue.actors import channel
-from rayqueue.errors import PartitionFenced
-from rayqueue.replication import HeldWrites
+from rayqueue.actors.calls import call_coordinator_async
 
 log = logging.getLogger(__name__)
 
 
-class RayReplicator:
-    """Implements ``rayqueue.replication.Replicator`` over replica actors.
+class RayReplicaLink:
+    """Implements ``rayqueue.replication.ReplicaLink``.
 
-    A replica joins in two steps: from the moment it joins it receives every new
-    write, then it is given what was acknowledged before and is not stored yet;
-    only then does it count as in sync. So an in-sync replica holds every
-    acknowledged write that is not on storage.
-
-    Every write carries the leader's ``epoch``. A replica refuses writes from an
-    epoch older than one it has seen (or once it leads itself): a leader that was
-    replaced but still runs, and that handles still reach, then learns it is
-    fenced before it acknowledges anything.
+    ``leader`` is the name of the leader actor this link speaks for: the coordinator
+    takes reports about a partition's in-sync set only from its current leader.
     """
 
-    def __init__(self, queue: str, partition: int, namespace: str) -> None:
+    def __init__(self, queue: str, partition: int, namespace: str, leader: str) -> None:
         self._queue = queue
         self._partition = partition
         self._namespace = namespace
-        self._in_sync: dict[str, Any] = {}
-        self._joining: dict[str, Any] = {}
+        self._leader = leader
+        self._handles: dict[str, Any] = {}
         self._nodes: dict[str, str] = {}
         self._node = ray.get_runtime_context().get_node_id()
-        #: The leader's epoch, set once it has taken over.
-        self.epoch = 0
 
-    async def attach(self, replicas: dict[str, Any], unstored: Callable[[], HeldWrites]) -> None:
-        """Replicate to exactly these replicas (by actor name) from now on."""
-        for group in (self._in_sync, self._joining):
-            for name in [name for name in group if name not in replicas]:
-                del group[name]
-        newcomers = {n: r for n, r in replicas.items() if n not in self._in_sync and n not in self._joining}
-        self._joining.update(newcomers)
-        held = unstored()  # taken after joining: what comes later reaches them as it happens
-        outcomes = await asyncio.gather(
-            *(self._catch_up(name, replica, held) for name, replica in newcomers.items()), return_exceptions=True
-        )
-        failed = {name: outcome for name, outcome in zip(newcomers, outcomes) if isinstance(outcome, BaseException)}
-        for name, replica in newcomers.items():
-            if self._joining.pop(name, None) is not None and name not in failed:
-                self._in_sync[name] = replica
-        if failed:
-            self._lost(failed)
+    def attach(self, replicas: dict[str, Any]) -> None:
+        """The actor handles of the replicas, by name (from the coordinator)."""
+        self._handles = dict(replicas)
 
-    async def _catch_up(self, name: str, replica: Any, held: HeldWrites) -> None:
-        calls = [
-            channel.call_async(replica, "hold_segment", (self.epoch, batch), bulky=_bulky(batch))
-            for batch in held.segments.values()
-        ]
-        calls += [channel.call_async(replica, "hold_deletes", (self.epoch, seq, offsets)) for seq, offsets in held.deletes.items()]
-        self._nodes[name] = await replica.node_id.remote()
-        await asyncio.gather(*calls)
+    async def hold(self, replica: str, method: str, args: tuple[Any, ...]) -> None:
+        handle = self._handles[replica]
+        bulky = any(isinstance(arg, pa.RecordBatch) and arg.nbytes >= defaults.BULKY_CALL_BYTES for arg in args)
+        await channel.call_async(handle, method, args, bulky=bulky)
+        if replica not in self._nodes:
+            self._nodes[replica] = await handle.node_id.remote()
 
-    def names(self) -> list[str]:
-        return list(self._in_sync)
+    def release(self, replica: str, epoch: int, offset_floor: int, seq_floor: int) -> None:
+        handle = self._handles.get(replica)
+        if handle is not None:
+            handle.release.remote(epoch, offset_floor, seq_floor)
 
-    async def segment(self, batch: pa.RecordBatch) -> bool:
-        return await self._to_all("hold_segment", batch, bulky=_bulky(batch))
+    async def report_in_sync(self, replica: str) -> bool:
+        return bool(await self._coordinator("replica_in_sync", replica))
 
-    async def deletes(self, seq: int, offsets: np.ndarray) -> bool:
-        return await self._to_all("hold_deletes", seq, offsets, bulky=False)
+    async def report_lost(self, replicas: list[str]) -> bool:
+        return bool(await self._coordinator("replica_lost", replicas))
 
-    def stored(self, offset_floor: int, seq_floor: int) -> None:
-        for replica in (*self._in_sync.values(), *self._joining.values()):
-            replica.release.remote(offset_floor, seq_floor)
+    def on_leader_node(self, replicas: list[str]) -> int:
+        return sum(self._nodes.get(name) == self._node for name in replicas)
 
-    def in_sync(self) -> int:
-        return len(self._in_sync)
-
-    def on_leader_node(self) -> int:
-        return sum(self._nodes.get(name) == self._node for name in self._in_sync)
-
-    async def _to_all(self, method: str, *args: Any, bulky: bool) -> bool:
-        """Send to every replica; True if every in-sync one took it (and there is one)."""
-        replicas = {**self._joining, **self._in_sync}
-        if not replicas:
-            return False
-        outcomes = await asyncio.gather(
-            *(
-                asyncio.wait_for(
-                    channel.call_async(replica, method, (self.epoch, *args), bulky=bulky), defaults.REPLICA_TIMEOUT_S
-                )
-                for replica in replicas.values()
-            ),
-            return_exceptions=True,
-        )
-        for outcome in outcomes:
-            if isinstance(outcome, PartitionFenced):
-                raise PartitionFenced(f"{self._queue}/{self._partition}", self.epoch)
-        failed = {name: outcome for name, outcome in zip(replicas, outcomes) if isinstance(outcome, BaseException)}
-        if failed:
-            self._lost(failed)
-        return bool(self._in_sync)
-
-    def _lost(self, failed: dict[str, BaseException]) -> None:
-        """Out of sync for good: the coordinator replaces them."""
-        for name in failed:
-            self._in_sync.pop(name, None)
-            self._joining.pop(name, None)
-        causes = {name: f"{type(error).__name__}: {error}"[:200] for name, error in failed.items()}
-        log.warning("%s partition %d: replicas left the in-sync set: %s", self._queue, self._partition, causes)
-        try:
-            coordinator = ray.get_actor(defaults.COORDINATOR_NAME, namespace=self._namespace)
-            coordinator.replica_lost.remote(self._queue, self._partition, list(failed))
-        except Exception:  # the coordinator's health check finds dead replicas anyway
-            log.exception("could not tell the coordinator about lost replicas")
-
-
-def _bulky(batch: pa.RecordBatch) -> bool:
-    return batch.nbytes >= defaults.BULKY_CALL_BYTES
+    async def _coordinator(self, method: str, arg: Any) -> Any:
+        coordinator = ray.get_actor(defaults.COORDINATOR_NAME, namespace=self._namespace)
+        return await call_coordinator_async(coordinator, method, self._queue, self._partition, self._leader, arg)

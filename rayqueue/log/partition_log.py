@@ -343,6 +343,23 @@ class PartitionLog:
         self._next_deadline = min(self._next_deadline, deadline)
         return pa.Table.from_batches(batches, schema=DELIVERY_SCHEMA)
 
+    def give_back(self, delivery: pa.Table) -> None:
+        """Undo a receive whose messages were never handed out: they are visible again
+        at once, their receive count as it was."""
+        offsets = delivery.column("offset").to_numpy()
+        tokens = delivery.column("token").to_numpy()
+        for offset, token in zip(offsets.tolist(), tokens.tolist()):
+            found = self._locate(offset)
+            if found is None:
+                continue
+            chunk, row = found
+            if chunk.deleted[row] or chunk.token[row] != token:
+                continue  # deleted or delivered again since
+            chunk.visible_at[row] = 0.0
+            chunk.receive_count[row] -= 1
+            chunk.deadline = 0.0
+            self._next_deadline = 0.0
+
     def _take_fresh(self, wanted: int, pieces: list[tuple[Chunk, np.ndarray]]) -> int:
         taken = 0
         index = max(bisect.bisect_right(self._firsts, self._cursor) - 1, 0)

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pytest
 
 from rayqueue.config import QueueConfig
-from rayqueue.errors import InvalidReceipt, MessageTooLarge, PartitionFenced, QueueFull, StorageUnavailable
+from rayqueue.errors import InvalidReceipt, MessageTooLarge, PartitionFenced, QueueFull, StorageCorrupt, StorageUnavailable
 from rayqueue.message import encode_receipt
 from rayqueue.partition import PartitionService
 from rayqueue.rows import IdSource, send_rows
@@ -462,7 +462,7 @@ def test_change_visibility_makes_message_receivable_again(storage_url, config, c
         service = start_service(config, open_store(storage_url, config), clock)
         await service.send(rows(config, [b"a"]), dedup=False)
         offsets, tokens, receipts = receipts_of(await service.receive(1, 0.0, VISIBILITY))
-        service.change_visibility(int(offsets[0]), int(tokens[0]), receipts[0], 0.0)
+        await service.change_visibility(int(offsets[0]), int(tokens[0]), receipts[0], 0.0)
         assert bodies_of(await service.receive(1, 0.0, VISIBILITY)) == [b"a"]
 
     asyncio.run(main())
@@ -515,47 +515,117 @@ def test_recovery_of_empty_storage_gives_an_empty_partition(storage_url, config,
     asyncio.run(main())
 
 
-def test_first_send_after_recovering_past_a_torn_segment_succeeds(file_url, config, clock):
+def test_recovery_stops_at_a_torn_segment_instead_of_skipping_it(file_url, config, clock):
+    # Skipping it would lose its messages silently (and a checkpoint would then remove it).
     store = open_store(file_url, config)
 
     async def main() -> None:
         service = start_service(config, store, clock)
         await service.send(rows(config, [b"kept"]), dedup=False)
         await service.send(rows(config, [b"torn"]), dedup=False)
-        tear_last_segment(file_url, config.name)
+        torn = tear_last_segment(file_url, config.name)
 
-        restarted = start_service(config, open_store(file_url, config), clock)
-        await restarted.send(rows(config, [b"new"]), dedup=False)
-        assert bodies_of(await restarted.receive(10, 0.0, VISIBILITY)) == [b"kept", b"new"]
+        with pytest.raises(StorageCorrupt) as refused:
+            start_service(config, open_store(file_url, config), clock)
+        assert os.path.basename(torn) in str(refused.value)
 
     asyncio.run(main())
 
 
-def tear_last_segment(file_url: str, queue: str) -> None:
-    folder = os.path.join(file_url.removeprefix("file://"), "queues", queue, "0", "segments")
+def tear_last_segment(file_url: str, queue: str) -> str:
+    folder = os.path.join(file_url.removeprefix("file://"), "queues", f"{queue}.u", "0", "segments")
     path = os.path.join(folder, sorted(os.listdir(folder))[-1])
     with open(path, "rb") as handle:
         data = handle.read()
     with open(path, "wb") as handle:
         handle.write(data[: len(data) // 2])
+    return path
 
 
-def test_a_replaced_leader_that_only_reads_notices_the_newer_claim(storage_url, config, clock):
-    # A leader that serves receives writes nothing, so no write tells it that it was
-    # replaced; its own look at storage must, or it would hand out what its successor deleted.
+def test_only_the_leader_serves_a_replaced_leader_hands_out_nothing(storage_url, config, clock):
+    # Read-index: a receive is answered only after a look at storage that began after
+    # it arrived; the successor's claim is there, so the old leader refuses.
     async def main() -> None:
         old = start_service(config, open_store(storage_url, config), clock)
         await old.send(rows(config, [b"a"]), dedup=False)
-        old.watch_leadership(interval_s=0.02)
-        await asyncio.sleep(0.1)
-        assert not old.fenced  # nobody else claimed: it keeps leading
         new = start_service(config, open_store(storage_url, config), clock)
-        assert new.epoch > old.epoch
-        for _ in range(100):
-            if old.fenced:
-                break
-            await asyncio.sleep(0.02)
+        delivery = await new.receive(1, 0.0, VISIBILITY)
+        await new.delete(*receipts_of(delivery))  # acknowledged by the successor
+
+        with pytest.raises(PartitionFenced):
+            await old.receive(1, 0.0, VISIBILITY)
         assert old.fenced
+
+    asyncio.run(main())
+
+
+def test_only_the_leader_serves_a_replaced_leader_acknowledges_no_empty_delete(storage_url, config, clock):
+    # A delete with nothing to write (the message is already deleted here) writes no
+    # object, so no write fences it: it must confirm leadership like a receive.
+    async def main() -> None:
+        old = start_service(config, open_store(storage_url, config), clock)
+        await old.send(rows(config, [b"a"]), dedup=False)
+        receipt = receipts_of(await old.receive(1, 0.0, VISIBILITY))
+        await old.delete(*receipt)
+        start_service(config, open_store(storage_url, config), clock)
+
+        with pytest.raises(PartitionFenced):
+            await old.delete(*receipt)
+
+    asyncio.run(main())
+
+
+def test_only_the_leader_serves_a_replaced_leader_changes_no_visibility(storage_url, config, clock):
+    async def main() -> None:
+        old = start_service(config, open_store(storage_url, config), clock)
+        await old.send(rows(config, [b"a"]), dedup=False)
+        offsets, tokens, receipts = receipts_of(await old.receive(1, 0.0, VISIBILITY))
+        start_service(config, open_store(storage_url, config), clock)
+
+        with pytest.raises(PartitionFenced):
+            await old.change_visibility(int(offsets[0]), int(tokens[0]), receipts[0], 0.0)
+
+    asyncio.run(main())
+
+
+class UnsureStore(PartitionStore):
+    """A store that cannot tell whether a newer leader claimed the partition."""
+
+    unsure = False
+
+    def check_leader(self) -> None:
+        if self.unsure:
+            raise StorageUnavailable("stat", "epochs/x", "injected failure")
+        super().check_leader()
+
+
+def test_only_the_leader_serves_an_unconfirmed_leader_refuses_and_gives_messages_back(storage_url, config, clock):
+    # Any error in confirming leadership refuses (fails closed); what the receive took
+    # is visible again at once, not hidden for the visibility timeout.
+    async def main() -> None:
+        store = open_store(storage_url, config, UnsureStore)
+        service = start_service(config, store, clock)
+        await service.send(rows(config, [b"a"]), dedup=False)
+        store.unsure = True
+        with pytest.raises(StorageUnavailable):
+            await service.receive(1, 0.0, VISIBILITY)
+        store.unsure = False
+        delivery = await service.receive(1, 0.0, VISIBILITY)
+        assert bodies_of(delivery) == [b"a"]
+        assert delivery.column("receive_count").to_pylist() == [1]
+        assert not service.fenced
+
+    asyncio.run(main())
+
+
+def test_receives_that_arrive_together_share_one_look_at_storage(storage_url, config, clock):
+    async def main() -> None:
+        service = start_service(config, open_store(storage_url, config), clock)
+        await service.send(rows(config, [b"m"] * 20), dedup=False)
+        looks = service._leadership.looks
+        deliveries = await asyncio.gather(*(service.receive(1, 0.0, VISIBILITY) for _ in range(20)))
+        assert sum(d.num_rows for d in deliveries) == 20
+        assert service._leadership.looks - looks <= 2
 
     asyncio.run(main())
 
