@@ -56,10 +56,12 @@ class GroupCommit(Generic[Item]):
             group = self._take_group()
             try:
                 await self._flush([item for item, _ in group])
-            except Exception as error:  # every waiter learns the outcome
+            except BaseException as error:  # every waiter learns the outcome, even of a cancellation
                 for _, future in group:
                     if not future.done():
                         future.set_exception(error)
+                if not isinstance(error, Exception):
+                    raise
             else:
                 for _, future in group:
                     if not future.done():

@@ -92,11 +92,12 @@ class PartitionService:
         self._next_delete_seq = 0
         self._segments_settled = Settlement()
         self._deletes_settled = Settlement()
-        persistent = self._durability.acknowledges_unstored
+        unstored_acks = self._durability.acknowledges_unstored
         self._segment_writer = OrderedWriter(
             self._segments_settled,
             run_blocking,
-            persistent=persistent,
+            retry=unstored_acks,
+            fatal=True,
             on_stored=self._segment_stored,
             on_fatal=self._cannot_store,
             on_write_seconds=self._metrics.storage_write,
@@ -104,7 +105,8 @@ class PartitionService:
         self._delete_writer = OrderedWriter(
             self._deletes_settled,
             run_blocking,
-            persistent=persistent,
+            retry=unstored_acks,
+            fatal=unstored_acks,
             on_stored=lambda seq: self._settled(),
             on_fatal=self._cannot_store,
             on_write_seconds=self._metrics.storage_write,
@@ -174,8 +176,8 @@ class PartitionService:
             self.on_fenced()
 
     def _cannot_store(self, error: BaseException) -> None:
-        """A write acknowledged before it was stored cannot be stored: stop, so that
-        a replica holding it takes over (it is never released, never passed by a floor)."""
+        """A write whose outcome matters failed (see ``OrderedWriter``): stop, so that a
+        replica holding it, or a successor reading what landed, takes over."""
         self._fence()
 
     def _refuse_if_fenced(self) -> None:

@@ -67,13 +67,16 @@ class _Write:
 class OrderedWriter:
     """Stores objects one at a time, in submission order.
 
-    ``persistent`` (durability "replicas", where writes are acknowledged before
-    they are stored): a write that meets ``StorageUnavailable`` is retried until it
-    is stored, since someone holds its acknowledgement; any other error is fatal:
-    ``on_fatal`` is told, the failed write and every later one fail, and none of
-    them ever settles, so no floor passes them (the leader fences itself, and a
-    replica that holds them takes over). Otherwise (durability "storage") a
-    failed write fails its caller, who acknowledged nothing, and the next goes on.
+    ``retry``: a write that meets ``StorageUnavailable`` is retried until it is
+    stored (durability "replicas", where writes are acknowledged before they are
+    stored: someone holds the acknowledgement). ``fatal``: a write that fails for
+    good is fatal: ``on_fatal`` is told, the failed write and every later one fail,
+    and none of them ever settles, so no floor passes them. That is the rule for
+    writes acknowledged before they are stored (a replica holding them takes over)
+    and for segments, whose fate a failure leaves unknown (the object may have
+    landed: a retried send would store its messages a second time, so the leader
+    stops and its successor reads what landed). Otherwise a failed write fails
+    its caller, who acknowledged nothing, and the next goes on.
     """
 
     def __init__(
@@ -81,14 +84,16 @@ class OrderedWriter:
         settlement: Settlement,
         run_blocking: RunBlocking,
         *,
-        persistent: bool,
+        retry: bool,
+        fatal: bool,
         on_stored: Callable[[int], None],
         on_fatal: Callable[[BaseException], None],
         on_write_seconds: Callable[[float], None] = lambda seconds: None,
     ) -> None:
         self._settlement = settlement
         self._run_blocking = run_blocking
-        self._persistent = persistent
+        self._retry = retry
+        self._fatal = fatal
         self._on_stored = on_stored
         self._on_fatal = on_fatal
         self._on_write_seconds = on_write_seconds
@@ -118,7 +123,7 @@ class OrderedWriter:
             try:
                 result = await self._store(write)
             except BaseException as error:  # noqa: BLE001: every outcome is handed on
-                if self._persistent:
+                if self._fatal:
                     self._fail_all(error)
                     return
                 self._queue.popleft()
@@ -136,7 +141,7 @@ class OrderedWriter:
             try:
                 result = await self._run_blocking(write.call, *write.args)
             except StorageUnavailable as error:
-                if not self._persistent:
+                if not self._retry:
                     raise
                 log.warning("storage unavailable (%s); retrying a write already acknowledged", error)
                 await asyncio.sleep(delay)
@@ -147,7 +152,7 @@ class OrderedWriter:
 
     def _fail_all(self, error: BaseException) -> None:
         self._failed = error
-        log.error("a write acknowledged before it was stored cannot be stored: %r", error)
+        log.error("a write failed and its outcome matters: %r", error)
         self._on_fatal(error)
         for write in self._queue:
             if not write.done.done():

@@ -187,7 +187,9 @@ def test_expired_messages_do_not_count_against_quota(storage_url, make_config, c
 # ---------------------------------------------------------- storage failure
 
 
-def test_storage_failure_fails_the_send_and_stores_nothing(storage_url, make_config, clock):
+def test_storage_failure_fails_the_send_and_stops_the_leader(storage_url, make_config, clock):
+    # A failed segment write may have landed: the leader cannot know, so it stops and
+    # its successor reads what landed (the quota of the failed send is not held).
     config = make_config(max_messages=2)
     store = open_store(storage_url, config, FailingStore)
 
@@ -196,17 +198,52 @@ def test_storage_failure_fails_the_send_and_stores_nothing(storage_url, make_con
         store.failing = True
         with pytest.raises(StorageUnavailable):
             await service.send(rows(config, [b"lost-1", b"lost-2"]), dedup=False)
+        assert service.fenced
+        with pytest.raises(PartitionFenced):
+            await service.send(rows(config, [b"a"]), dedup=False)
 
-        assert (await service.receive(10, 0.0, None)).num_rows == 0
-        assert service.stats().visible == 0
-
-        store.failing = False  # the quota of the failed send was released
-        await service.send(rows(config, [b"a"]), dedup=False)
-        await service.send(rows(config, [b"b"]), dedup=False)
-        assert bodies_of(await service.receive(10, 0.0, None)) == [b"a", b"b"]
+        successor = start_service(config, open_store(storage_url, config), clock)
+        await successor.send(rows(config, [b"a"]), dedup=False)
+        await successor.send(rows(config, [b"b"]), dedup=False)
+        assert bodies_of(await successor.receive(10, 0.0, None)) == [b"a", b"b"]
 
     asyncio.run(main())
     assert stored_bodies(storage_url, config) == [b"a", b"b"]
+
+
+class LostReplyStore(PartitionStore):
+    """Segments land, but the first write's caller hears of a failure (a lost reply)."""
+
+    def __init__(self, store: ObjectStore, queue: str, partition: int, uid: str) -> None:
+        super().__init__(store, queue, partition, uid)
+        self.lose_next = False
+
+    def write_segment(self, *args: Any, **kwargs: Any) -> Any:
+        name = super().write_segment(*args, **kwargs)
+        if self.lose_next:
+            self.lose_next = False
+            raise StorageUnavailable("put", name, "reply lost")
+        return name
+
+
+def test_a_send_whose_outcome_is_unknown_is_stored_once_by_its_retry(storage_url, config, clock):
+    # The retry (same id, with dedup) must not store a second copy: after one of them
+    # is deleted the other would come back as a message deleted and served again.
+    store = open_store(storage_url, config, LostReplyStore)
+
+    async def main() -> None:
+        service = start_service(config, store, clock)
+        store.lose_next = True
+        with pytest.raises(StorageUnavailable):
+            await service.send(rows(config, [b"a"], ids=["order-1"]), dedup=True)
+        successor = start_service(config, open_store(storage_url, config), clock)
+        await successor.send(rows(config, [b"a"], ids=["order-1"]), dedup=True)
+        delivery = await successor.receive(10, 0.0, VISIBILITY)
+        assert bodies_of(delivery) == [b"a"]
+        await successor.delete(*receipts_of(delivery))
+
+    asyncio.run(main())
+    assert stored_bodies(storage_url, config) == []
 
 
 def test_storage_failure_fails_every_send_of_the_group(storage_url, config, clock):
@@ -332,8 +369,8 @@ def test_failed_dedup_send_can_be_retried(storage_url, config, clock):
         store.failing = True
         with pytest.raises(StorageUnavailable):
             await service.send(rows(config, [b"a"], ids=["order-1"]), dedup=True)
-        store.failing = False
-        await service.send(rows(config, [b"a"], ids=["order-1"]), dedup=True)
+        successor = start_service(config, open_store(storage_url, config), clock)
+        await successor.send(rows(config, [b"a"], ids=["order-1"]), dedup=True)
 
     asyncio.run(main())
     assert stored_bodies(storage_url, config) == [b"a"]
