@@ -2,13 +2,14 @@
 
 Each change is a new document ``catalog/<version>.json`` created only if that
 version does not exist yet, so two coordinators can never both commit the same
-version: the loser gets ObjectExists and must reload. The newest readable
-version wins.
+version: the loser gets ObjectExists and must reload. The newest version wins;
+if it cannot be read (damaged, or written by a newer rayqueue) loading refuses
+with StorageCorrupt: rolling back to an older version would lose the queues
+created since, and a later create of one of them could remove its data.
 """
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from rayqueue import defaults
@@ -16,26 +17,29 @@ from rayqueue.errors import StorageCorrupt
 from rayqueue.storage import format
 from rayqueue.storage.objects import ObjectStore
 
-log = logging.getLogger(__name__)
-
 
 class CatalogStore:
     def __init__(self, store: ObjectStore) -> None:
         self._store = store
 
     def load(self) -> tuple[int, dict[str, Any]]:
-        """The highest version number on storage, and the queues of the newest readable
-        version; ``(0, {})`` on empty storage. The next save must use a higher number
-        than any present, readable or not."""
-        names = self._store.list("catalog/")
-        highest = max((v for v in map(_version_of, names) if v is not None), default=0)
-        for name in reversed(names):
-            try:
-                return highest, format.decode_catalog(self._store.get(name), name)[1]
-            except StorageCorrupt as error:
-                # Versions are created whole, so this is foreign or damaged: skip it.
-                log.warning("skipping unreadable catalog version: %s", error)
-        return highest, {}
+        """The newest version number and its queues (raw records, not checked here);
+        ``(0, {})`` on empty storage. Raises StorageCorrupt naming the newest version
+        if it cannot be read. Names in ``catalog/`` that are not versions are ignored."""
+        versions = [(version, name) for name in self._store.list("catalog/") if (version := _version_of(name)) is not None]
+        if not versions:
+            return 0, {}
+        newest, name = max(versions)
+        where = f"{self._store.url}/{name}"
+        try:
+            data = self._store.get(name)
+        except FileNotFoundError:
+            # Pruned by a newer writer between the listing and the read: it saved a newer one.
+            raise StorageCorrupt(where, "listed, then gone before it was read; load again") from None
+        version, queues = format.decode_catalog(data, where)
+        if version != newest:
+            raise StorageCorrupt(where, f"holds version {version}")
+        return newest, queues
 
     def save(self, version: int, queues: dict[str, Any]) -> None:
         """Create ``version``; raise ObjectExists if another writer created it first."""
@@ -53,7 +57,8 @@ class CatalogStore:
 
 
 def _version_of(name: str) -> int | None:
-    try:
-        return int(name.rsplit("/", 1)[-1].removesuffix(".json"))
-    except ValueError:
+    """``catalog/000..7.json`` -> 7; None for any name ``catalog_name`` does not make."""
+    stem = name.rsplit("/", 1)[-1]
+    if len(stem) != 25 or not stem.endswith(".json") or not stem[:20].isdigit() or not stem[:20].isascii():
         return None
+    return int(stem[:20])

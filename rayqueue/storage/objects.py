@@ -4,6 +4,12 @@ The whole storage contract rayqueue needs: create an object only if it does not
 exist yet (atomically, with its full content), read it, list names under a
 prefix, and delete. Transient failures are retried with backoff here, so callers
 see either success or one clear error.
+
+Errors fail closed on every backend: ``exists`` is False only when the backend
+says the object is missing, and ``list`` is empty only when the prefix holds no
+object; any other failure is retried, then raised as StorageUnavailable. (fsspec's
+own ``exists`` answers False on any error, and its ``find`` on a local disk walks
+with ``on_error="omit"``, turning an unreadable folder into an empty one.)
 """
 
 from __future__ import annotations
@@ -11,10 +17,11 @@ from __future__ import annotations
 import os
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import fsspec
+from fsspec import AbstractFileSystem
 from fsspec.implementations.local import LocalFileSystem
 
 from rayqueue import defaults
@@ -68,6 +75,8 @@ class ObjectStore:
         self.root = root.rstrip("/")
         self._retry_s = retry_s
         self._local = isinstance(self.fs, LocalFileSystem)
+        # fsspec's generic find walks with on_error="omit": such backends are walked here.
+        self._walked = type(self.fs).find is AbstractFileSystem.find
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (ObjectStore, (self.url, self.options), {"_retry_s": self._retry_s})
@@ -109,8 +118,18 @@ class ObjectStore:
         self._retrying("put", path, create)
 
     def exists(self, name: str) -> bool:
+        """Whether ``name`` exists. False only if the backend says it is missing: an
+        error that leaves the answer unknown is retried, then raised."""
         path = self._path(name)
-        return bool(self._retrying("stat", path, lambda: self.fs.exists(path)))
+
+        def stat() -> bool:
+            try:
+                self.fs.info(path)
+            except FileNotFoundError:
+                return False
+            return True
+
+        return self._retrying("stat", path, stat)
 
     def _create(self, path: str, data: bytes) -> None:
         try:
@@ -128,24 +147,35 @@ class ObjectStore:
         return self._retrying("get", path, lambda: self.fs.cat_file(path))
 
     def list(self, prefix: str) -> list[str]:
-        """Names under ``prefix`` (relative to the root), sorted; empty if there are none."""
+        """Names under ``prefix`` (relative to the root), sorted; empty if there are none.
+
+        Never empty because listing failed: errors are retried, then raised. Temporary
+        files and dotfiles (``.DS_Store``, hidden folders) are not objects: left out."""
         path = self._path(prefix).rstrip("/")
 
         def listing() -> list[str]:
-            try:
-                found = self.fs.find(path, detail=True)
-            except FileNotFoundError:
-                return []
             start = len(self.root) + 1
             # S3 has no directories, but s3fs reports a prefix as one, and SeaweedFS
             # keeps a prefix listable after its last object is deleted: objects only.
             return sorted(
-                p[start:]
-                for p, info in found.items()
-                if info.get("type") != "directory" and _TEMP_MARK not in p.rsplit("/", 1)[-1]
+                name[start:]
+                for name, info in self._find(path)
+                if info.get("type") != "directory" and _is_object(name[start:])
             )
 
         return self._retrying("list", path, listing)
+
+    def _find(self, path: str) -> Iterator[tuple[str, dict[str, Any]]]:
+        """Every entry below ``path``; nothing if it does not exist."""
+        if not self._walked:
+            # The backend lists a prefix itself (s3fs: one paginated request) and raises
+            # its errors; a missing prefix is an empty listing there.
+            try:
+                yield from self.fs.find(path, detail=True).items()
+            except FileNotFoundError:
+                return
+            return
+        yield from _walk(self.fs, path)
 
     def size(self, name: str) -> int:
         path = self._path(name)
@@ -196,6 +226,33 @@ class ObjectStore:
                     raise StorageUnavailable(operation, path, f"{type(error).__name__}: {error}") from None
                 time.sleep(delay)
                 delay = min(delay * 2, 1.0)
+
+
+def _walk(fs: AbstractFileSystem, top: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Files below ``top``, folder by folder; listing errors are raised, not omitted
+    (fsspec's walk omits them by default, and find uses that default)."""
+    pending = [top]
+    while pending:
+        folder = pending.pop()
+        try:
+            entries = fs.ls(folder, detail=True)
+        except FileNotFoundError:
+            # The prefix does not exist, or a folder below it was removed while we
+            # listed: either way it holds no object now.
+            continue
+        for entry in entries:
+            if entry.get("type") == "directory":
+                if entry["name"].rstrip("/") != folder.rstrip("/"):
+                    pending.append(entry["name"])
+            else:
+                yield entry["name"], entry
+
+
+def _is_object(name: str) -> bool:
+    """Not a temporary file of a create in progress, nor anything hidden (dotfiles
+    and dot-folders are left by tools, never written by rayqueue)."""
+    parts = name.split("/")
+    return _TEMP_MARK not in parts[-1] and not any(part.startswith(".") for part in parts)
 
 
 def _create_local(path: str, data: bytes) -> None:

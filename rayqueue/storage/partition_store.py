@@ -21,6 +21,13 @@ Checkpoints fold the delete logs and name the segments still holding live
 messages; once one is stored (and the writer is still the leader), the delete
 logs and dead segments it covers are removed, so recovery reads a bounded
 number of objects however long the partition has run.
+
+Recovery fails closed: a fence, checkpoint, delete log or segment that cannot be
+read, fails its checksum or its checks, or two segments over the same offsets,
+stop it with StorageCorrupt naming the object; nothing is skipped. Only names
+that are not rayqueue's (``README``, ``.DS_Store``) are ignored, and a checkpoint
+removes only objects this leader recovered, ruled on, or wrote: never one it
+could not read or did not recognise.
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ import logging
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -39,6 +46,8 @@ from rayqueue.storage import format
 from rayqueue.storage.objects import ObjectStore
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -63,6 +72,24 @@ class Fence:
 
     def excludes_checkpoint(self, seq: int, epoch: int) -> bool:
         return epoch < self.epoch and (self.checkpoint is None or (seq, epoch) > self.checkpoint)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], path: str, epoch: int) -> Fence:
+        """The fence of ``epoch`` (from its name) stored at ``path``; StorageCorrupt if malformed."""
+        checkpoint = data.get("checkpoint")
+        if checkpoint is not None:
+            if not isinstance(checkpoint, list) or len(checkpoint) != 2:
+                raise StorageCorrupt(path, f"fence checkpoint {checkpoint!r} is not [seq, epoch]")
+            checkpoint = (_natural(checkpoint[0], "checkpoint seq", path), _natural(checkpoint[1], "checkpoint epoch", path))
+        fence = cls(
+            epoch=_natural(data.get("epoch"), "epoch", path),
+            next_offset=_natural(data.get("next_offset"), "next_offset", path),
+            next_delete_seq=_natural(data.get("next_delete_seq"), "next_delete_seq", path),
+            checkpoint=checkpoint,
+        )
+        if fence.epoch != epoch:
+            raise StorageCorrupt(path, f"fence says epoch {fence.epoch}, its name {epoch}")
+        return fence
 
 
 @dataclass(frozen=True)
@@ -90,52 +117,139 @@ class Checkpoint:
         }
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Checkpoint:
-        return cls(
-            seq=int(data["seq"]),
-            epoch=int(data["epoch"]),
-            next_offset=int(data["next_offset"]),
-            segments=tuple(data["segments"]),
-            deleted=tuple((int(a), int(b)) for a, b in data["deleted"]),
+    def from_json(cls, data: dict[str, Any], path: str = "checkpoint") -> Checkpoint:
+        """Parse and check a stored checkpoint; StorageCorrupt naming ``path`` if it is not sound."""
+        segments, deleted = data.get("segments"), data.get("deleted")
+        if not isinstance(segments, list) or not all(isinstance(name, str) for name in segments):
+            raise StorageCorrupt(path, "checkpoint segments are not a list of names")
+        if not isinstance(deleted, list) or not all(isinstance(r, list) and len(r) == 2 for r in deleted):
+            raise StorageCorrupt(path, "checkpoint deleted ranges are not [start, stop) pairs")
+        checkpoint = cls(
+            seq=_natural(data.get("seq"), "seq", path),
+            epoch=_natural(data.get("epoch"), "epoch", path),
+            next_offset=_natural(data.get("next_offset"), "next_offset", path),
+            segments=tuple(segments),
+            deleted=tuple((_natural(a, "range start", path), _natural(b, "range stop", path)) for a, b in deleted),
         )
+        checkpoint.check(path)
+        return checkpoint
+
+    def check(self, path: str) -> None:
+        """Every listed name is a segment's, and the deleted ranges are non-empty,
+        disjoint, and each inside one listed segment (a segment starting below
+        ``next_offset`` ends by it): recovery expands them into single offsets, so
+        a damaged range must be refused before it is expanded."""
+        firsts = sorted({_segment_first(name, path) for name in self.segments})
+        previous_stop = 0
+        # The writer lists retained (emptied) segments before live ones: not in order.
+        for start, stop in sorted(self.deleted):
+            if start >= stop or start < previous_stop:
+                raise StorageCorrupt(path, f"deleted range [{start}, {stop}) is empty or overlaps another")
+            if stop > _span_end(firsts, start, self.next_offset):
+                raise StorageCorrupt(path, f"deleted range [{start}, {stop}) lies outside the listed segments")
+            previous_stop = stop
+
+
+def _segment_first(name: str, path: str) -> int:
+    first = _parse(name)[0] if name.startswith("segments/") else None
+    if first is None:
+        raise StorageCorrupt(path, f"checkpoint lists {name!r}, which is not a segment name")
+    return first
+
+
+def _span_end(firsts: list[int], offset: int, next_offset: int) -> int:
+    """How far a range starting at ``offset`` may reach: to the next listed segment,
+    and to ``next_offset`` for a segment below it (those were stored whole);
+    -1 (nothing) if no listed segment starts at or before ``offset``."""
+    index = int(np.searchsorted(firsts, offset, side="right")) - 1
+    if index < 0:
+        return -1
+    limit = firsts[index + 1] if index + 1 < len(firsts) else np.iinfo(np.int64).max
+    return min(limit, next_offset) if firsts[index] < next_offset else limit
+
+
+def _natural(value: Any, what: str, path: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise StorageCorrupt(path, f"{what} {value!r} is not a whole number >= 0")
+    return value
 
 
 class StoredSegments:
     """A partition's segments in offset order, read one at a time as they are iterated,
     so that recovering a backlog larger than memory never holds all of it at once.
-    Unreadable segments (torn or foreign) are skipped."""
 
-    def __init__(self, read: Callable[[str], pa.Table | None]) -> None:
+    A segment that cannot be read raises StorageCorrupt; so does one whose offsets
+    overlap the segment before it, found as they are read (names alone show only
+    segments with the same first offset, which recovery refuses at once)."""
+
+    def __init__(self, read: Callable[[str], pa.Table]) -> None:
         self._read = read
-        self._entries: list[tuple[int, str, pa.Table | None]] = []
+        # [first offset, name, rows if kept, end if known]
+        self._entries: list[list[Any]] = []
 
     def add(self, name: str, table: pa.Table | None = None) -> None:
         """A segment by name (read later), or with its rows at hand."""
-        self._entries.append((_parse(name)[0] or 0, name, table))
+        first = _parse(name)[0] or 0
+        end = _end(table, first) if table is not None else None
+        self._entries.append([first, name, table, end])
         self._entries.sort(key=lambda entry: entry[0])
 
     def first_offsets(self) -> set[int]:
-        return {first for first, _, _ in self._entries}
+        return {entry[0] for entry in self._entries}
 
-    def read(self, index: int) -> pa.Table | None:
+    def read(self, index: int) -> pa.Table:
         """Read the ``index``-th segment now and keep its rows (for the last one)."""
-        first, name, table = self._entries[index]
-        if table is None:
-            table = self._read(name)
-            self._entries[index] = (first, name, table)
-        return table
+        entry = self._entries[index]
+        if entry[2] is None:
+            entry[2] = self._read(entry[1])
+            entry[3] = _end(entry[2], entry[0])
+        return entry[2]
+
+    def overlapping(self, first: int, end: int) -> list[str]:
+        """Names of the segments holding any offset in ``[first, end)``.
+
+        For a segment about to be stored beside these (a replica's held write): it
+        must not overlap one already stored. Reads at most the segment before
+        ``first`` whose end is not known yet, and keeps only that end."""
+        names = [name for start, name, _t, _e in self._entries if first <= start < end]
+        before = [index for index, entry in enumerate(self._entries) if entry[0] < first]
+        if before and self._end_of(before[-1]) > first:
+            names.insert(0, self._entries[before[-1]][1])
+        return names
+
+    def overlaps(self, first: int, end: int) -> bool:
+        """Whether any segment holds an offset in ``[first, end)`` (see :meth:`overlapping`)."""
+        return bool(self.overlapping(first, end))
+
+    def _end_of(self, index: int) -> int:
+        entry = self._entries[index]
+        if entry[3] is None:
+            entry[3] = _end(self._read(entry[1]), entry[0])
+        return int(entry[3])
 
     def __iter__(self) -> Iterator[tuple[str, pa.Table]]:
-        for _first, name, table in self._entries:
+        previous_name, previous_end = "", 0
+        for entry in self._entries:
+            first, name, table, _end_known = entry
             table = table if table is not None else self._read(name)
-            if table is not None and table.num_rows:
-                yield name, table
+            entry[3] = _end(table, first)
+            if not table.num_rows:
+                continue
+            if first < previous_end:
+                raise StorageCorrupt(name, f"offsets from {first} overlap segment {previous_name!r} (up to {previous_end - 1})")
+            previous_name, previous_end = name, entry[3]
+            yield name, table
 
     def __len__(self) -> int:
         return len(self._entries)
 
     def __eq__(self, other: object) -> bool:
         return list(self) == list(other) if isinstance(other, (list, StoredSegments)) else NotImplemented
+
+
+def _end(table: pa.Table, first: int) -> int:
+    """One past the last offset in ``table`` (``first`` if it is empty)."""
+    return int(table.column("offset")[-1].as_py()) + 1 if table.num_rows else first
 
 
 @dataclass
@@ -172,11 +286,21 @@ class PartitionStore:
         self.epoch = 0
         #: Segments, delete logs and checkpoints read since this store was made.
         self.objects_read = 0
+        # Segments, delete logs and checkpoints this leader recovered or ruled on at
+        # takeover, or wrote since: the only names a checkpoint may remove.
+        self._known: set[str] = set()
+        # Fences are put-once: each is read (and checked) once, before and after the claim.
+        self._fence_cache: dict[str, Fence] = {}
 
     # ---------------------------------------------------------------- takeover
 
     def take_over(self) -> RecoveredPartition:
-        """Become the partition's leader under a new epoch; return what is stored."""
+        """Become the partition's leader under a new epoch; return what is stored.
+
+        Raises StorageCorrupt, naming the object, if anything recovery needs is
+        unreadable. Fences are checked before the claim too, so a damaged store
+        does not use up an epoch per attempt."""
+        self._fences()
         self.epoch = self._claim()
         recovered = self._load()
         fence = {
@@ -190,8 +314,7 @@ class PartitionStore:
         return recovered
 
     def _claim(self) -> int:
-        claimed = [format.parse_epoch_name(name)[0] for name in self._store.list("epochs/")]
-        epoch = max(claimed, default=0) + 1
+        epoch = max((number for _name, number, _kind in self._epoch_objects()), default=0) + 1
         # A token of its own makes each claim's bytes unique, so a retried create can
         # tell its own claim (response lost) from another leader's.
         token = uuid.uuid4().hex.encode()
@@ -203,20 +326,35 @@ class PartitionStore:
                 epoch += 1  # another leader claimed it first: take the next
 
     def check_leader(self) -> None:
-        """Raise PartitionFenced if a newer epoch has been claimed."""
+        """Raise PartitionFenced if a newer epoch has been claimed (StorageUnavailable
+        if storage cannot tell: never assume there is none)."""
         if self._store.exists(format.claim_name(self.epoch + 1)):
             raise PartitionFenced(self._store.url, self.epoch)
 
-    def _fences(self) -> list[Fence]:
-        fences = []
+    def _epoch_objects(self) -> list[tuple[str, int, str]]:
+        """``(name, epoch, "claim" | "fence")`` in ``epochs/``; other names are ignored."""
+        found = []
         for name in self._store.list("epochs/"):
-            epoch, kind = format.parse_epoch_name(name)
+            try:
+                found.append((name, *format.parse_epoch_name(name)))
+            except ValueError:
+                log.warning("ignoring foreign object %s", self._where(name))
+        return found
+
+    def _fences(self) -> list[Fence]:
+        """Every other leader's fence, each read and checked."""
+        fences = []
+        for name, epoch, kind in self._epoch_objects():
             if kind != "fence" or epoch == self.epoch:
                 continue
-            data = format.decode_json(self._store.get(name), name, "fence")
-            checkpoint = tuple(data["checkpoint"]) if data["checkpoint"] else None
-            fences.append(Fence(epoch, data["next_offset"], data["next_delete_seq"], checkpoint))  # type: ignore[arg-type]
+            if name not in self._fence_cache:
+                self._fence_cache[name] = self._read_object(name, self._decode_fence(epoch))
+            fences.append(self._fence_cache[name])
         return fences
+
+    @staticmethod
+    def _decode_fence(epoch: int) -> Callable[[bytes, str], Fence]:
+        return lambda data, path: Fence.from_json(format.decode_json(data, path, "fence"), path, epoch)
 
     def _load(self) -> RecoveredPartition:
         fences = self._fences()
@@ -224,76 +362,106 @@ class PartitionStore:
         recovered.next_offset = max((f.next_offset for f in fences), default=0)
         recovered.next_delete_seq = max((f.next_delete_seq for f in fences), default=0)
         checkpoint = self._newest_checkpoint(fences, recovered)
-        live = set(checkpoint.segments) if checkpoint else set()
-        floor = checkpoint.next_offset if checkpoint else 0
-        recovered.checkpointed_below = floor
-        for name in self._store.list("segments/"):
-            first, epoch = _parse(name)
-            if first is None or any(f.excludes_segment(first, epoch) for f in fences):
-                continue
-            if first < floor and name not in live:
-                continue  # every message in it was deleted
-            recovered.segments.add(name)
-            recovered.next_offset = max(recovered.next_offset, first)
-        recovered.next_offset = max(recovered.next_offset, self._end_of_last(recovered.segments))
+        self._load_segments(fences, checkpoint, recovered)
         deleted = [_expand(checkpoint.deleted)] if checkpoint else []
-        for name in self._store.list("deletes/"):
-            seq, epoch = _parse(name)
-            if seq is None or any(f.excludes_deletes(seq, epoch) for f in fences):
+        for name, seq, epoch in self._objects("deletes/"):
+            self._known.add(name)
+            if any(f.excludes_deletes(seq, epoch) for f in fences):
                 continue
             recovered.next_delete_seq = max(recovered.next_delete_seq, seq + 1)
             if checkpoint and seq < checkpoint.seq:
                 continue  # folded into the checkpoint
-            offsets = self._read(name, format.decode_deletes)
-            if offsets is not None:
-                self.objects_read += 1
-                deleted.append(offsets)
+            deleted.append(self._read_object(name, format.decode_deletes))
+            self.objects_read += 1
         if deleted:
             recovered.deleted_offsets = np.unique(np.concatenate(deleted))
         return recovered
 
+    def _load_segments(self, fences: list[Fence], checkpoint: Checkpoint | None, recovered: RecoveredPartition) -> None:
+        """Adopt the segments recovery must read (they are read later, as iterated)."""
+        live = set(checkpoint.segments) if checkpoint else set()
+        floor = checkpoint.next_offset if checkpoint else 0
+        recovered.checkpointed_below = floor
+        adopted: dict[int, str] = {}
+        for name, first, epoch in self._objects("segments/"):
+            self._known.add(name)
+            if any(f.excludes_segment(first, epoch) for f in fences):
+                continue
+            if first < floor and name not in live:
+                continue  # every message in it was deleted
+            if first in adopted:
+                # Two copies over the same offsets (a late, out-of-order store of one a
+                # new leader stored again): loading both would deliver one twice.
+                raise StorageCorrupt(self._where(name), f"overlaps {self._where(adopted[first])}: same first offset")
+            adopted[first] = name
+            recovered.segments.add(name)
+            recovered.next_offset = max(recovered.next_offset, first)
+        recovered.next_offset = max(recovered.next_offset, self._end_of_last(recovered.segments))
+
     def _end_of_last(self, segments: StoredSegments) -> int:
         """One past the last offset stored: the fence must know it before the segments
-        are iterated, so the last readable one is read here (and kept)."""
+        are iterated, so the last non-empty one is read here (and kept)."""
         for index in reversed(range(len(segments))):
             table = segments.read(index)
-            if table is not None and table.num_rows:
-                return table.column("offset")[-1].as_py() + 1
+            if table.num_rows:
+                return _end(table, 0)
         return 0
 
-    def read_segment(self, name: str) -> pa.Table | None:
-        """One segment's rows, or None if it is unreadable (torn or foreign)."""
-        table = self._read(name, format.decode_segment)
-        if table is not None:
-            self.objects_read += 1
+    def read_segment(self, name: str) -> pa.Table:
+        """One segment's rows. Raises StorageCorrupt naming it if it cannot be read,
+        fails its checks, or does not hold exactly the offsets its name starts at."""
+        table = self._read_object(name, format.decode_segment)
+        first = _parse(name)[0]
+        offsets = table.column("offset").to_numpy()
+        if first is None or not np.array_equal(offsets, np.arange(first, first + len(offsets))):
+            raise StorageCorrupt(self._where(name), "its offsets are not consecutive from the one its name gives")
+        self.objects_read += 1
         return table
 
     def _newest_checkpoint(self, fences: list[Fence], recovered: RecoveredPartition) -> Checkpoint | None:
-        for name in reversed(self._store.list("checkpoints/")):
-            seq, epoch = _parse(name)
-            if seq is None or any(f.excludes_checkpoint(seq, epoch) for f in fences):
-                continue
-            try:
-                checkpoint = Checkpoint.from_json(format.decode_json(self._store.get(name), name, "checkpoint"))
-            except (StorageCorrupt, KeyError, TypeError, ValueError, FileNotFoundError) as error:
-                log.warning("skipping checkpoint %s: %s", name, error)
-                continue
-            self.objects_read += 1
-            recovered.checkpoint = (seq, epoch)
-            recovered.next_offset = max(recovered.next_offset, checkpoint.next_offset)
-            recovered.next_delete_seq = max(recovered.next_delete_seq, checkpoint.seq)
-            return checkpoint
-        return None
-
-    def _read(self, name: str, decode: Any) -> Any:
-        """Decode an object, or None if it is unreadable: a torn write or a foreign file
-        is skipped and logged, never loaded. (Put-once writes are atomic on every
-        backend rayqueue writes to; this guards against anything else.)"""
-        try:
-            return decode(self._store.get(name), name)
-        except (StorageCorrupt, FileNotFoundError) as error:
-            log.warning("skipping %s: %s", name, error)
+        """The newest checkpoint no fence excludes. If it is unreadable, recovery stops:
+        an older one would do no good, since the newer one may have removed the delete
+        logs it folded in (deleted messages would come back)."""
+        candidates = []
+        for name, seq, epoch in self._objects("checkpoints/"):
+            self._known.add(name)
+            if not any(f.excludes_checkpoint(seq, epoch) for f in fences):
+                candidates.append((seq, epoch, name))
+        if not candidates:
             return None
+        seq, epoch, name = max(candidates)
+        checkpoint = self._read_object(name, _decode_checkpoint)
+        if (checkpoint.seq, checkpoint.epoch) != (seq, epoch):
+            raise StorageCorrupt(self._where(name), f"holds seq {checkpoint.seq}, epoch {checkpoint.epoch}")
+        self.objects_read += 1
+        recovered.checkpoint = (seq, epoch)
+        recovered.next_offset = max(recovered.next_offset, checkpoint.next_offset)
+        recovered.next_delete_seq = max(recovered.next_delete_seq, checkpoint.seq)
+        return checkpoint
+
+    def _objects(self, prefix: str) -> list[tuple[str, int, int]]:
+        """``(name, number, epoch)`` of the objects under ``prefix``; foreign names are
+        ignored (and so never read, adopted or removed)."""
+        found = []
+        for name in self._store.list(prefix):
+            number, epoch = _parse(name)
+            if number is None:
+                log.warning("ignoring foreign object %s", self._where(name))
+            else:
+                found.append((name, number, epoch))
+        return found
+
+    def _read_object(self, name: str, decode: Callable[[bytes, str], T]) -> T:
+        """Read and decode an object recovery needs; StorageCorrupt naming it if it cannot."""
+        path = self._where(name)
+        try:
+            data = self._store.get(name)
+        except FileNotFoundError:
+            raise StorageCorrupt(path, "listed, then gone before it was read") from None
+        return decode(data, path)
+
+    def _where(self, name: str) -> str:
+        return f"{self._store.url}/{name}"
 
     # ------------------------------------------------------------------ writes
 
@@ -306,41 +474,51 @@ class PartitionStore:
         Durable on return, and this leader was still the leader after writing it.
         """
         name = self.segment_name(batch.column(0)[0].as_py())
+        self._known.add(name)
         self._store.put_once(name, format.encode_segment(batch, self.epoch))
         self.check_leader()
         return name
 
     def write_deletes(self, offsets: np.ndarray, seq: int) -> None:
         """Store one delete log; durable on return, and still the leader."""
-        self._store.put_once(format.deletes_name(seq, self.epoch), format.encode_deletes(offsets, self.epoch))
+        name = format.deletes_name(seq, self.epoch)
+        self._known.add(name)
+        self._store.put_once(name, format.encode_deletes(offsets, self.epoch))
         self.check_leader()
 
     def write_checkpoint(self, checkpoint: Checkpoint) -> int:
-        """Store a checkpoint, then remove what it makes unnecessary. Returns objects removed."""
+        """Store a checkpoint, then remove what it makes unnecessary. Returns objects removed.
+
+        Only objects this leader recovered, ruled on at takeover, or wrote are ever
+        removed: not a foreign name, nor one that appeared since it listed."""
         name = format.checkpoint_name(checkpoint.seq, self.epoch)
+        self._known.add(name)
         self._store.put_once(name, format.encode_json("checkpoint", checkpoint.to_json()))
         self.check_leader()  # a stale leader must not remove anything
         live = set(checkpoint.segments)
-        garbage = [
-            n
-            for n in self._store.list("segments/")
-            if n not in live and (_parse(n)[0] or 0) < checkpoint.next_offset
-        ]
-        garbage += [n for n in self._store.list("deletes/") if (_parse(n)[0] or 0) < checkpoint.seq]
-        garbage += [n for n in self._store.list("checkpoints/") if n < name]
+        newest = _parse(name)
+        garbage = [n for n, first, _ in self._objects("segments/") if n not in live and first < checkpoint.next_offset]
+        garbage += [n for n, seq, _ in self._objects("deletes/") if seq < checkpoint.seq]
+        garbage += [n for n, seq, epoch in self._objects("checkpoints/") if (seq, epoch) < newest]
+        garbage = [n for n in garbage if n in self._known]
         self._store.delete(garbage)
+        self._known.difference_update(garbage)
         return len(garbage)
+
+
+def _decode_checkpoint(data: bytes, path: str) -> Checkpoint:
+    return Checkpoint.from_json(format.decode_json(data, path, "checkpoint"), path)
 
 
 def _parse(name: str) -> tuple[int | None, int]:
     try:
         return format.parse_object_name(name)
     except ValueError:
-        log.warning("ignoring foreign object %s", name)
         return None, 0
 
 
 def _expand(ranges: tuple[tuple[int, int], ...]) -> np.ndarray:
+    """``[start, stop)`` ranges (checked by :meth:`Checkpoint.check`) as single offsets."""
     if not ranges:
         return np.empty(0, np.int64)
     return np.concatenate([np.arange(start, stop, dtype=np.int64) for start, stop in ranges])

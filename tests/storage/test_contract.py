@@ -19,7 +19,7 @@ import pytest
 
 from rayqueue import defaults
 from rayqueue.config import QueueConfig
-from rayqueue.errors import ObjectExists, PartitionFenced, StorageUnavailable
+from rayqueue.errors import ObjectExists, PartitionFenced, StorageCorrupt, StorageUnavailable
 from rayqueue.message import encode_receipt
 from rayqueue.partition import PartitionService
 from rayqueue.rows import IdSource, send_rows
@@ -308,3 +308,64 @@ def test_s3_objects_survive_a_server_crash(seaweed: SeaweedServer) -> None:
     with pytest.raises(ObjectExists):
         store.put_once("segments/1", b"again")
     assert store.list("segments/") == ["segments/1"]
+
+
+# ------------------------------------------------------------------ fail closed
+
+
+def test_exists_is_false_only_for_a_missing_object(store: ObjectStore) -> None:
+    store.put_once("epochs/0000000001.claim", b"token")
+    assert store.exists("epochs/0000000001.claim")
+    assert not store.exists("epochs/0000000002.claim")
+    assert not store.exists("nowhere/0000000002.claim")
+
+
+def test_list_leaves_out_dotfiles(store: ObjectStore) -> None:
+    store.put_once("epochs/0000000001.claim", b"token")
+    store.put_once("epochs/.DS_Store", b"finder")
+    assert store.list("epochs/") == ["epochs/0000000001.claim"]
+
+
+def test_a_damaged_segment_stops_recovery_and_is_kept(store: ObjectStore) -> None:
+    writer = PartitionStore(store, "orders", 0, "u")
+    writer.take_over()
+    name = writer.write_segment(segment(0, [b"a", b"b"]))
+    path = f"queues/orders.u/0/{name}"
+    damaged = bytearray(store.get(path))
+    damaged[len(damaged) // 3] ^= 0x10
+    store.delete([path])
+    store.put_once(path, bytes(damaged))
+
+    with pytest.raises(StorageCorrupt) as caught:
+        list(PartitionStore(store, "orders", 0, "u").take_over().segments)
+    assert caught.value.path.endswith(name)
+    assert store.exists(path)
+
+
+def _unreachable_s3() -> ObjectStore:
+    (port,) = free_ports(1)
+    options = {
+        "key": "nobody",
+        "secret": "nothing",
+        "client_kwargs": {"endpoint_url": f"http://127.0.0.1:{port}"},
+        "config_kwargs": {"retries": {"max_attempts": 1}, "connect_timeout": 1},
+    }
+    return ObjectStore("s3://nowhere/contract", options, retry_s=0.1)
+
+
+def test_unreachable_s3_is_unavailable_not_absent_or_empty() -> None:
+    """s3fs's own exists() answers False on errors for buckets; ours must raise."""
+    store = _unreachable_s3()
+    with pytest.raises(StorageUnavailable):
+        store.exists("epochs/0000000002.claim")
+    with pytest.raises(StorageUnavailable):
+        store.list("epochs/")
+
+
+def test_s3_refusing_access_is_unavailable_not_absent_or_empty(seaweed: SeaweedServer) -> None:
+    options = {**seaweed.storage_options, "secret": "wrong"}
+    store = ObjectStore(seaweed.url(f"denied-{uuid.uuid4().hex}"), options, retry_s=0.1)
+    with pytest.raises(StorageUnavailable):
+        store.exists("epochs/0000000002.claim")
+    with pytest.raises(StorageUnavailable):
+        store.list("epochs/")

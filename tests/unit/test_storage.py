@@ -192,7 +192,7 @@ def test_file_put_once_leaves_no_temporary_files(file_url):
 class FlakyFileSystem:
     """Delegates to a real filesystem; the first ``failures`` storage calls raise."""
 
-    CALLS = {"cat_file", "find", "pipe_file", "rm_file", "rm", "size"}
+    CALLS = {"cat_file", "find", "ls", "info", "pipe_file", "rm_file", "rm", "size"}
 
     def __init__(self, fs: Any, failures: int, error: Callable[[], BaseException]) -> None:
         self._fs = fs
@@ -391,7 +391,7 @@ def test_decoding_a_bad_catalog_raises_storage_corrupt(data):
 def test_decoding_a_newer_catalog_raises_storage_corrupt():
     data = b'{"format": %d, "version": 1, "queues": {}}' % (format.FORMAT_VERSION + 1)
 
-    with pytest.raises(StorageCorrupt, match="too new"):
+    with pytest.raises(StorageCorrupt, match="upgrade rayqueue"):
         format.decode_catalog(data, "catalog/x.json")
 
 
@@ -484,37 +484,52 @@ def tear(path: str) -> None:
         handle.write(data[: len(data) // 2])
 
 
-def test_torn_segment_is_skipped_not_loaded(file_url):
+PARTITION = "queues/orders.u/0"
+
+
+def test_torn_segment_stops_recovery_naming_it(file_url):
     objects = ObjectStore(file_url)
     store = leader(objects)
     write_segment(store, [b"a"], first_offset=0)
     torn = write_segment(store, [b"b"], first_offset=1)
     write_segment(store, [b"c"], first_offset=2)
-    tear(os.path.join(objects.root, "queues/orders/0", torn))
+    tear(os.path.join(objects.root, PARTITION, torn))
 
-    recovered = recover(objects)
+    with pytest.raises(StorageCorrupt) as caught:
+        list(recover(objects).segments)
 
-    assert [t.column("body").to_pylist() for _name, t in recovered.segments] == [[b"a"], [b"c"]]
-    assert recovered.next_offset == 3
+    assert caught.value.path.endswith(torn)
 
 
-def test_torn_delete_log_is_skipped_not_loaded(file_url):
+def test_torn_delete_log_stops_recovery_naming_it(file_url):
     objects = ObjectStore(file_url)
     store = leader(objects)
     write_deletes(store, [1], seq=0)
     torn = write_deletes(store, [2], seq=1)
-    tear(os.path.join(objects.root, "queues/orders/0", torn))
+    tear(os.path.join(objects.root, PARTITION, torn))
 
-    assert recover(objects).deleted_offsets.tolist() == [1]
+    with pytest.raises(StorageCorrupt) as caught:
+        recover(objects)
+
+    assert caught.value.path.endswith(torn)
 
 
-def test_foreign_files_among_segments_are_skipped(storage_url):
+def test_foreign_names_among_segments_are_ignored(storage_url):
     objects = ObjectStore(storage_url)
     write_segment(leader(objects), [b"a"])
-    objects.put_once("queues/orders/0/segments/README.txt", b"hello")
-    objects.put_once("queues/orders/0/segments/00000000000000000009-0000000001.arrow", b"not arrow")
+    objects.put_once(f"{PARTITION}/segments/README.txt", b"hello")
+    objects.put_once(f"{PARTITION}/segments/1-1.arrow", b"not padded: not ours")
 
     assert recovered_bodies(objects) == [[b"a"]]
+
+
+def test_unreadable_object_under_a_rayqueue_name_stops_recovery(storage_url):
+    objects = ObjectStore(storage_url)
+    write_segment(leader(objects), [b"a"])
+    objects.put_once(f"{PARTITION}/segments/00000000000000000009-0000000001.arrow", b"not arrow")
+
+    with pytest.raises(StorageCorrupt, match="00000000000000000009-0000000001"):
+        recover(objects)
 
 
 # ------------------------------------------------------------- CatalogStore
@@ -550,15 +565,18 @@ def test_saving_an_existing_catalog_version_raises_object_exists(storage_url):
     assert catalog.load() == (1, {"a": {}})
 
 
-def test_unreadable_newest_catalog_version_is_skipped(storage_url):
+def test_unreadable_newest_catalog_version_is_refused_not_rolled_back(storage_url):
     objects = ObjectStore(storage_url)
     catalog = CatalogStore(objects)
     catalog.save(1, {"a": {}})
     objects.put_once(format.catalog_name(2), b"{ torn")
 
-    # The queues of the newest readable version, numbered past every version present,
-    # so that the next save does not collide with the unreadable one.
-    assert catalog.load() == (2, {"a": {}})
+    # Loading version 1 would lose what version 2 added (and a later create could
+    # then remove a surviving queue's data): refuse, naming the version.
+    with pytest.raises(StorageCorrupt) as caught:
+        catalog.load()
+
+    assert caught.value.path.endswith(format.catalog_name(2))
 
 
 def test_catalog_keeps_only_recent_versions(storage_url):
