@@ -39,6 +39,10 @@ log = logging.getLogger(__name__)
 PROBE_TIMEOUT_S = 2.0
 #: How long a new actor may take to start.
 START_TIMEOUT_S = 60.0
+#: How long ``start(wait=True)`` waits for leaders to catch new replicas up. Only a
+#: new queue waits (it has nothing to catch up), so this is short; past it the
+#: replicas join in the background.
+ATTACH_TIMEOUT_S = 10.0
 #: How long a promotion may take (it reads the partition's state from storage).
 PROMOTE_TIMEOUT_S = 120.0
 
@@ -115,7 +119,7 @@ class RayLauncher:
         caught-up replica to the coordinator without waiting for its answer (the
         coordinator is busy here), so this never waits on the coordinator; if it is
         slow, the replicas join in the background and nothing is promised about them."""
-        done, slow = ray.wait(attaching, num_returns=len(attaching), timeout=START_TIMEOUT_S)
+        done, slow = ray.wait(attaching, num_returns=len(attaching), timeout=ATTACH_TIMEOUT_S)
         if slow:
             log.warning("queue %s: %d leaders still catching replicas up; going on", queue, len(slow))
         for ref in done:
@@ -184,7 +188,10 @@ class RayLauncher:
                 num_cpus=record.config.partition_num_cpus,
                 resources=dict(record.config.partition_resources),
             ).remote()
-            ray.get(host.add.remote(name, *args), timeout=START_TIMEOUT_S)
+            try:
+                ray.get(host.add.remote(name, *args), timeout=START_TIMEOUT_S)
+            except (RayActorError, RayTaskError, GetTimeoutError) as error:
+                raise PartitionUnavailable(record.config.name, partition, f"hosting {name}: {_describe(error)}") from None
             return HostedPartition(host, name)
         return RemotePartition.options(**options).remote(*args)
 
