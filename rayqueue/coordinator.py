@@ -1,9 +1,22 @@
 """The coordinator's logic: the catalog of queues, persisted before it is published,
-and failover of partition leaders.
+the in-sync replica sets, and failover of partition leaders.
 
-No Ray here: starting, probing and promoting partition actors goes through a
-``PartitionLauncher``, so the catalog and failover rules run in unit tests with
-a fake one. Every method is idempotent, so a caller may retry any of them.
+No Ray here: starting, probing, promoting and fencing partition actors goes through
+a ``PartitionLauncher``, so the catalog and failover rules run in unit tests with a
+fake one. Every method is idempotent, so a caller may retry any of them.
+
+The rules that keep acknowledged writes (as Kafka's controller keeps them):
+
+- The in-sync replica set (ISR) of a partition is this coordinator's persisted fact.
+  A replica joins it only when the current leader reports it caught up; it leaves
+  it before the leader may acknowledge without it (``replica_lost`` returns True
+  only once the shrink is persisted).
+- Only a live ISR member is promoted when a queue's durability is "replicas"; every
+  other live replica is fenced with the new epoch before the new placement is
+  persisted and routed; the replaced leader is killed.
+- A partition is failed over only if its *current* leader is dead, and a leader is
+  created from storage only when no live replica can hold an acknowledged write
+  that storage lacks (``start``'s ``create``).
 """
 
 from __future__ import annotations
@@ -11,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import re
 import time
 import uuid
 from collections import deque
@@ -18,16 +32,32 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import pydantic
+
 from rayqueue import defaults
 from rayqueue.autoscale import LoadSample, ScalingPolicy, decide
-from rayqueue.config import QueueConfig
-from rayqueue.errors import ObjectExists, QueueAlreadyExists, QueueNotFound, RayQueueError
-from rayqueue.storage import CatalogStore, ObjectStore, partition_prefix, queue_prefix
+from rayqueue.config import QueueConfig, check_queue_name, describe_validation_error
+from rayqueue.errors import (
+    ObjectExists,
+    PartitionUnavailable,
+    QueueAlreadyExists,
+    QueueNotFound,
+    RayQueueError,
+    StorageCorrupt,
+)
+from rayqueue.storage import CatalogStore, ObjectStore, format, partition_prefix, queue_prefix
 
 log = logging.getLogger(__name__)
 
 #: Times a catalog change is re-applied after losing a race to another writer.
 CATALOG_ATTEMPTS = 5
+#: Times ``route`` starts a queue's partitions when a leader vanishes in between
+#: (the next attempt fails that partition over instead of re-creating its leader).
+ROUTE_ATTEMPTS = 2
+#: How often the coordinator looks for storage prefixes that no queue owns.
+ORPHAN_SWEEP_INTERVAL_S = 3600.0
+#: A queue's uid: what ``QueueRecord.new`` makes, and all a storage path may hold.
+_UID = re.compile(r"[0-9a-f]{1,32}")
 
 
 @dataclass(frozen=True)
@@ -38,18 +68,44 @@ class Placement:
     leader: str
     replicas: tuple[str, ...]
     next_generation: int
+    #: Replicas known to hold every write their leader acknowledged without storage
+    #: (a subset of ``replicas``). Grown only by the leader's report, shrunk before the
+    #: leader acknowledges without a member: with durability "replicas", only these
+    #: may be promoted.
+    in_sync: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
-        return {"leader": self.leader, "replicas": list(self.replicas), "next_generation": self.next_generation}
+        return {
+            "leader": self.leader,
+            "replicas": list(self.replicas),
+            "next_generation": self.next_generation,
+            "in_sync": list(self.in_sync),
+        }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Placement:
-        return cls(data["leader"], tuple(data["replicas"]), data["next_generation"])
+        # Catalogs written before the ISR was recorded have no "in_sync": nobody is
+        # known to be in sync, so nobody is promoted in replicas mode until reported.
+        return cls(data["leader"], tuple(data["replicas"]), data["next_generation"], tuple(data.get("in_sync", ())))
+
+    def without(self, gone: set[str]) -> Placement:
+        """The same placement with these replicas removed (from the ISR too)."""
+        return dataclasses.replace(
+            self,
+            replicas=tuple(r for r in self.replicas if r not in gone),
+            in_sync=tuple(r for r in self.in_sync if r not in gone),
+        )
 
 
 def actor_name(queue: str, uid: str, partition: int, generation: int, shared: bool = False) -> str:
     """A partition instance's name: its actor's, or (shared) its name inside a host actor."""
     return f"{SHARED_PREFIX if shared else 'rayqueue.'}{queue}.{uid}.{partition}.{generation}"
+
+
+def partition_of(name: str) -> tuple[str, int]:
+    """The queue and partition an actor name (from ``actor_name``) belongs to."""
+    _prefix, queue, _uid, partition, _generation = name.split(".")
+    return queue, int(partition)
 
 
 #: Names of partitions that live in shared host actors start with this.
@@ -70,14 +126,8 @@ class QueueRecord:
 
     @classmethod
     def new(cls, config: QueueConfig) -> QueueRecord:
-        uid = uuid.uuid4().hex[:12]
-        shared = config.hosting == "shared"
-        names = [
-            [actor_name(config.name, uid, partition, g, shared) for g in range(1 + config.replicas)]
-            for partition in range(config.partitions)
-        ]
-        placements = tuple(Placement(group[0], tuple(group[1:]), len(group)) for group in names)
-        return cls(config, uid, placements)
+        record = cls(config, uuid.uuid4().hex[:12])
+        return dataclasses.replace(record, placements=tuple(record.placement_for(p) for p in range(config.partitions)))
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -89,10 +139,45 @@ class QueueRecord:
         }
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> QueueRecord:
-        placements = tuple(Placement.from_json(p) for p in data["placements"])
+    def from_json(cls, name: str, data: Any) -> QueueRecord:
+        """Read and validate one catalog record; raise ValueError (or TypeError, KeyError)
+        naming what is wrong. Nothing (no storage path, no actor name) is built from
+        ``name`` or the uid before they are checked."""
+        check_queue_name(name)
+        if not isinstance(data, dict):
+            raise ValueError(f"the record is a {type(data).__name__}, not an object")
+        config = QueueConfig.model_validate(data["config"])
+        if config.name != name:
+            raise ValueError(f"the record of {name!r} holds the settings of {config.name!r}")
+        uid = data["uid"]
+        if not isinstance(uid, str) or not _UID.fullmatch(uid):
+            raise ValueError(f"uid {uid!r} is not a short hex string")
+        record = cls(config, uid, created_at=float(data["created_at"]))
+        raw = data["placements"]
+        if not isinstance(raw, list) or not 1 <= len(raw) <= defaults.MAX_PARTITIONS:
+            raise ValueError("placements must be a list of 1 to %d partitions" % defaults.MAX_PARTITIONS)
+        placements = tuple(record._checked(p, Placement.from_json(item)) for p, item in enumerate(raw))
         retiring = tuple(data.get("retiring", ()))
-        return cls(QueueConfig(**data["config"]), data["uid"], placements, data["created_at"], retiring)
+        if not all(type(p) is int and 0 <= p < len(placements) for p in retiring):
+            raise ValueError(f"retiring {list(retiring)!r} names partitions the queue does not have")
+        return dataclasses.replace(record, placements=placements, retiring=retiring)
+
+    def _checked(self, partition: int, placement: Placement) -> Placement:
+        """``placement`` if every name in it is one of this partition's actor names."""
+        generation = placement.next_generation
+        if type(generation) is not int or generation < 0:
+            raise ValueError(f"partition {partition}: next_generation {generation!r} is not a count")
+        names = (placement.leader, *placement.replicas)
+        prefix = actor_name(self.config.name, self.uid, partition, 0, self.config.hosting == "shared")[:-1]
+        for name in names:
+            suffix = name[len(prefix) :] if isinstance(name, str) and name.startswith(prefix) else ""
+            if not re.fullmatch(r"[0-9]{1,9}", suffix) or int(suffix) >= generation:
+                raise ValueError(f"partition {partition}: {name!r} is not one of its actor names")
+        if len(set(names)) != len(names):
+            raise ValueError(f"partition {partition}: an actor is named twice in {list(names)!r}")
+        if not set(placement.in_sync) <= set(placement.replicas):
+            raise ValueError(f"partition {partition}: in_sync {list(placement.in_sync)!r} are not all replicas")
+        return placement
 
     def placement_for(self, partition: int, generation: int = 0) -> Placement:
         """A new partition's placement: a leader and its replicas, all new names."""
@@ -103,10 +188,37 @@ class QueueRecord:
         ]
         return Placement(names[0], tuple(names[1:]), generation + len(names))
 
+    def topped_up(self, partition: int, placement: Placement) -> Placement:
+        """``placement`` with new replicas (new names, not in sync) to make up the number."""
+        missing = max(0, self.config.replicas - len(placement.replicas))
+        shared = self.config.hosting == "shared"
+        generation = placement.next_generation
+        new = tuple(actor_name(self.config.name, self.uid, partition, generation + i, shared) for i in range(missing))
+        return dataclasses.replace(placement, replicas=placement.replicas + new, next_generation=generation + missing)
+
     def with_placement(self, partition: int, placement: Placement) -> QueueRecord:
         placements = list(self.placements)
         placements[partition] = placement
         return dataclasses.replace(self, placements=tuple(placements))
+
+
+@dataclass(frozen=True)
+class Broken:
+    """A catalog record that failed validation: kept as it was (and written back as it
+    was), listed so that an operator can delete it; every other use raises."""
+
+    raw: Any
+    cause: str
+
+
+def promotable(config: QueueConfig, placement: Placement, dead: set[str]) -> list[str]:
+    """Replicas that may lead this partition, in order of preference. With durability
+    "replicas" only live ISR members hold every acknowledged write; with "storage",
+    replicas are standbys that hold nothing storage lacks, so any live one will do."""
+    in_sync = [r for r in placement.in_sync if r in placement.replicas and r not in dead]
+    if config.durability == "replicas":
+        return in_sync
+    return in_sync + [r for r in placement.replicas if r not in dead and r not in in_sync]
 
 
 @dataclass(frozen=True)
@@ -155,18 +267,32 @@ class Scaling:
 
 
 class PartitionLauncher(Protocol):
-    def start(self, record: QueueRecord, wait: bool = False) -> list[Any]:
-        """Start (or find) every partition's leader and replicas; return the leaders once
-        they serve (and, with ``wait``, once the replicas are in sync)."""
+    """Everything the coordinator asks of Ray. Errors are RayQueueErrors (never raw
+    Ray errors), and no method waits on the coordinator, which calls them while it
+    holds its lock."""
+
+    def start(self, record: QueueRecord, wait: bool = False, create: frozenset[int] = frozenset()) -> list[Any]:
+        """Find every partition's leader, start or find its replicas and hand them to
+        it; return the leaders once they serve (and, with ``wait``, once they have
+        caught their replicas up, as far as they do within a bounded time).
+
+        Creates a leader (from storage) only for the partitions in ``create``; any other
+        partition whose leader is gone raises PartitionUnavailable naming it. Never
+        creates a replica that is in its placement's ``in_sync`` (an empty actor under
+        an in-sync name would be promoted as if it held the writes)."""
 
     def dead(self, names: list[str]) -> set[str]:
         """Which of these actors died for good (not merely restarting or slow)? One probe for all."""
 
-    def promote(self, record: QueueRecord, partition: int, name: str) -> None:
-        """Make the replica ``name`` the partition's leader; return once it serves."""
+    def promote(self, record: QueueRecord, partition: int, name: str) -> int:
+        """Make the replica ``name`` the partition's leader; return its epoch once it serves."""
+
+    def fence(self, name: str, epoch: int) -> None:
+        """Make the replica ``name`` refuse writes from any leader older than ``epoch``;
+        return once it does. Raises PartitionUnavailable if it could not be reached."""
 
     def kill(self, name: str) -> None:
-        """Stop one actor for good (it may be dead already)."""
+        """Stop one actor for good (it may be dead already). Never raises, never blocks long."""
 
     def stop(self, record: QueueRecord) -> None:
         """Stop every actor of the queue, for good."""
@@ -185,6 +311,7 @@ class Coordinator:
         self._launcher = launcher
         self._version = 0
         self._queues: dict[str, QueueRecord] = {}
+        self._broken: dict[str, Broken] = {}
         self._load()
         self._routes: dict[str, Route] = {}
         #: Time each failover took, from its start to the new leader serving (for reports).
@@ -198,7 +325,9 @@ class Coordinator:
     # --------------------------------------------------------------- the catalog
 
     def create_queue(self, config: QueueConfig) -> Route:
-        """Create the queue, or return it if it exists with the same settings."""
+        """Create the queue, or return it if it exists with the same settings. Objects
+        of an earlier queue of that name are not touched: the new one has a new uid."""
+        self._refuse_broken(config.name)
 
         def add(queues: dict[str, QueueRecord]) -> dict[str, QueueRecord] | None:
             existing = queues.get(config.name)
@@ -214,33 +343,79 @@ class Coordinator:
 
     def route(self, name: str, wait: bool = False) -> Route:
         """The queue's route, starting its actors if they are not running (with
-        ``wait``, until its replicas are in sync too)."""
-        record = self._queues.get(name)
-        if record is None:
-            raise QueueNotFound(name)
+        ``wait``, until its replicas are in sync too).
+
+        Raises PartitionUnavailable if a partition's leader cannot be found or
+        promoted now; the caller reports it and retries."""
+        record = self._record(name)
         route = self._routes.get(name)
-        if route is None or route.uid != record.uid:
+        if route is not None and route.uid == record.uid:
+            return route
+        record, leaders = self._start(name, wait)
+        if record.config.scales:  # a (re)started leader learns its share and state
             for partition, placement in enumerate(record.placements):
-                # A leader that died while nobody watched (say, with the coordinator) but
-                # left a live replica: promote it, so that what it holds is not passed by.
-                # (No live replica: a new queue, or a start from storage is all there is.)
-                dead = self._launcher.dead([placement.leader, *placement.replicas])
-                if placement.leader in dead and any(replica not in dead for replica in placement.replicas):
-                    self._fail_over(name, partition, dead)
-            record = self._queues[name]
-            leaders = tuple(self._launcher.start(record, wait))
-            if record.config.scales:  # a (re)started leader learns its share and state
-                for partition, placement in enumerate(record.placements):
-                    self._launcher.set_scaling(placement.leader, partition in record.retiring, len(record.placements))
-            route = Route(record.config, record.uid, leaders, frozenset(record.retiring))
-            self._routes[name] = route
+                self._launcher.set_scaling(placement.leader, partition in record.retiring, len(record.placements))
+        route = Route(record.config, record.uid, leaders, frozenset(record.retiring))
+        self._routes[name] = route
         return route
 
+    def _start(self, name: str, wait: bool) -> tuple[QueueRecord, tuple[Any, ...]]:
+        """Fail over what must be, then start the queue's actors; its record and leaders."""
+        for attempt in range(1, ROUTE_ATTEMPTS + 1):
+            create = self._prepare(name)
+            record = self._queues[name]
+            try:
+                return record, tuple(self._launcher.start(record, wait, create))
+            except PartitionUnavailable as error:
+                # A leader that died after _prepare probed it: the next _prepare promotes
+                # its replica (start never re-creates it from storage, F8).
+                if attempt == ROUTE_ATTEMPTS or not self._leader_dead(name, error.partition):
+                    raise
+        raise AssertionError("unreachable")
+
+    def _prepare(self, name: str) -> frozenset[int]:
+        """Before a queue's actors are started: fail over every partition whose current
+        leader is dead and that has a live promotable replica (or a recorded ISR to
+        clear). Returns the partitions whose leader ``start`` may create from storage:
+        those whose leader is gone and where no live replica can hold a write that
+        storage lacks (a new placement, or a cold start)."""
+        create: set[int] = set()
+        placements = self._queues[name].placements
+        dead = self._launcher.dead([actor for p in placements for actor in (p.leader, *p.replicas)])
+        for partition in range(len(placements)):
+            seen = dead
+            for _ in range(2):  # a failover to a fresh leader leaves that leader to create
+                record = self._queues[name]
+                placement = record.placements[partition]
+                if placement.leader not in seen:
+                    break
+                if not promotable(record.config, placement, seen) and not placement.in_sync:
+                    create.add(partition)
+                    break
+                self._fail_over(name, partition, seen)
+                placement = self._queues[name].placements[partition]
+                seen = self._launcher.dead([placement.leader, *placement.replicas])
+        return frozenset(create)
+
+    def _leader_dead(self, name: str, partition: int) -> bool:
+        placements = self._queues[name].placements
+        if not 0 <= partition < len(placements):
+            return False
+        return placements[partition].leader in self._launcher.dead([placements[partition].leader])
+
     def list_queues(self) -> list[str]:
-        return sorted(self._queues)
+        """Every queue, including those whose catalog record is unreadable (so that
+        an operator can see and delete them)."""
+        return sorted([*self._queues, *self._broken])
 
     def delete_queue(self, name: str) -> None:
-        """Forget the queue, stop its partitions and remove its objects from storage."""
+        """Forget the queue, stop its partitions and remove its objects from storage.
+
+        A queue whose record is unreadable is forgotten too; its objects are removed
+        only if its name and uid are valid (no path is built from anything else)."""
+        if name in self._broken:
+            self._forget_broken(name)
+            return
         removed: list[QueueRecord] = []
 
         def remove(queues: dict[str, QueueRecord]) -> dict[str, QueueRecord]:
@@ -252,7 +427,77 @@ class Coordinator:
         self._change(remove)
         self._routes.pop(name, None)
         self._launcher.stop(removed[0])
+        # Cut short here (a crash), the prefix is an orphan: sweep_orphans removes it.
         self._store.delete_prefix(queue_prefix(name, removed[0].uid))
+
+    def _forget_broken(self, name: str) -> None:
+        broken = self._broken[name]
+        self._save(self._version + 1, self._queues, {k: v for k, v in self._broken.items() if k != name})
+        uid = broken.raw.get("uid") if isinstance(broken.raw, dict) else None
+        try:
+            check_queue_name(name)
+            valid = isinstance(uid, str) and _UID.fullmatch(uid) is not None
+        except ValueError:
+            valid = False
+        if valid:
+            self._store.delete_prefix(queue_prefix(name, uid))  # type: ignore[arg-type]
+        log.warning("queue %r with an unreadable catalog record was deleted (%s)", name, broken.cause)
+
+    def _record(self, name: str) -> QueueRecord:
+        """The queue's record; QueueNotFound, or StorageCorrupt if its record is unreadable."""
+        self._refuse_broken(name)
+        record = self._queues.get(name)
+        if record is None:
+            raise QueueNotFound(name)
+        return record
+
+    def _refuse_broken(self, name: str) -> None:
+        broken = self._broken.get(name)
+        if broken is not None:
+            where = format.catalog_name(self._version)
+            raise StorageCorrupt(where, f"queue {name!r} is unavailable until deleted: {broken.cause}")
+
+    # ---------------------------------------------------------- in-sync replicas
+
+    def replica_in_sync(self, name: str, partition: int, leader: str, replica: str) -> bool:
+        """The partition's leader ``leader`` reports that ``replica`` holds every write it
+        acknowledged. True once ``replica`` is a persisted ISR member (also if it was
+        already); False, with nothing changed, if ``leader`` is not the current leader
+        or ``replica`` is not one of its replicas (a late report about a replaced one)."""
+
+        def join(record: QueueRecord, current: Placement) -> Placement | None:
+            if current.leader != leader or replica not in current.replicas:
+                return None
+            if replica in current.in_sync:
+                return current
+            return dataclasses.replace(current, in_sync=(*current.in_sync, replica))
+
+        return name in self._queues and self._update_placement(name, partition, join)
+
+    def replica_lost(self, name: str, partition: int, leader: str, lost: list[str]) -> bool:
+        """The partition's leader ``leader`` could not replicate to ``lost``. True once they
+        are out of the persisted ISR and the placement (only then may the leader
+        acknowledge without them); they are stopped, and the next health check starts
+        replacements. False, with nothing changed, if ``leader`` is not the current
+        leader: a replaced leader must not acknowledge without its replicas.
+
+        Names no longer in the placement are already gone (True). Only the named
+        replicas go: one still joining (not in sync) must not be taken down by a late
+        or repeated report."""
+        gone: set[str] = set()
+
+        def drop(record: QueueRecord, current: Placement) -> Placement | None:
+            if current.leader != leader:
+                return None
+            gone.clear()
+            gone.update(r for r in current.replicas if r in lost)
+            return current.without(gone)
+
+        if name not in self._queues or not self._update_placement(name, partition, drop):
+            return False
+        for replica in gone:
+            self._launcher.kill(replica)
+        return True
 
     # ------------------------------------------------------------------ failover
 
@@ -262,18 +507,19 @@ class Coordinator:
         Returns the current route either way (a leader that Ray is restarting, or
         that is merely slow, keeps its place).
         """
-        record = self._queues.get(name)
-        if record is None:
-            raise QueueNotFound(name)
+        record = self._record(name)
         if 0 <= partition < len(record.placements):
             placement = record.placements[partition]
             dead = self._launcher.dead([placement.leader, *placement.replicas])
-            if placement.leader in dead:
-                self._fail_over(name, partition, dead)
+            self._fail_over(name, partition, dead)
         return self.route(name)
 
     def check_health(self) -> None:
-        """Fail over dead leaders and replace dead replicas of every queue in use."""
+        """Fail over dead leaders and replace dead replicas of every queue in use.
+
+        One probe for all; each partition is then judged on its *current* placement
+        (a failover of one must never make a stale snapshot fail another over twice),
+        and one partition's failure does not stop the others."""
         names = [
             actor
             for name in self._routes
@@ -283,79 +529,153 @@ class Coordinator:
         ]
         dead = self._launcher.dead(names) if names else set()
         for name in list(self._routes):
-            record = self._queues.get(name)
-            if record is None:
-                continue
-            for partition, placement in enumerate(record.placements):
+            try:
+                if self._heal(name, dead):
+                    self.route(name)  # starts new actors, hands replicas to their leaders
+            except Exception:
+                log.exception("health check of queue %s failed; retrying at the next one", name)
+
+    def _heal(self, name: str, dead: set[str]) -> bool:
+        """Fail over or repair each partition of one queue; True if anything changed."""
+        changed = False
+        partition = 0
+        while name in self._queues and partition < len(self._queues[name].placements):
+            record = self._queues[name]
+            placement = record.placements[partition]
+            try:
                 if placement.leader in dead:
-                    self._fail_over(name, partition, dead)
-                elif len(placement.replicas) < record.config.replicas or dead & set(placement.replicas):
-                    self._replace_replicas(name, partition, dead)
+                    changed |= self._fail_over(name, partition, dead)
+                elif dead & set(placement.replicas) or len(placement.replicas) < record.config.replicas:
+                    changed |= self._replace_replicas(name, partition, dead)
+            except Exception:  # this partition waits for the next check; the others go on
+                log.exception("queue %s partition %d: failover or repair failed", name, partition)
+            partition += 1
+        return changed
 
-    def replica_lost(self, name: str, partition: int, lost: list[str]) -> None:
-        """A leader dropped these replicas from its in-sync set: stop and replace them.
+    def _fail_over(self, name: str, partition: int, dead: set[str]) -> bool:
+        """If the partition's current leader is in ``dead``: kill it, promote a live
+        promotable replica under a new epoch (the next one if a candidate dies
+        meanwhile), fence every other live replica with that epoch, and only then
+        persist the new placement. With no candidate left, a new leader is started
+        from storage (by the next ``route``). True if the placement changed.
 
-        Only the named ones: a replica that is still joining is not in the in-sync set
-        either, and a late or repeated report must not take it down too.
-        """
+        Raises PartitionUnavailable (nothing changed but the old leader's death) if a
+        live candidate could not be promoted, or if storage refused the change."""
         record = self._queues.get(name)
-        if record is None or partition >= len(record.placements):
-            return
-        placement = record.placements[partition]
-        gone = [replica for replica in placement.replicas if replica in lost]
-        if not gone:
-            return
+        if record is None or not 0 <= partition < len(record.placements):
+            return False
+        old = record.placements[partition]
+        if old.leader not in dead:
+            return False  # alive, or replaced since the caller's probe
+        started = time.monotonic()
+        # A false "dead" verdict must not leave a second leader serving.
+        self._launcher.kill(old.leader)
+        dropped = set(dead)
+        promoted, epoch = self._promote_one(record, partition, old, dropped)
+        if promoted is None:
+            new = self._fresh_leader(record, partition, old, dropped)
+        else:
+            dropped |= self._fence_others(name, partition, old, promoted, epoch, dropped)
+            without = old.without(dropped | {promoted})
+            new = dataclasses.replace(without, leader=promoted)
+        if not self._update_placement(name, partition, lambda _record, current: new if current == old else None):
+            raise PartitionUnavailable(name, partition, "its placement changed during the failover")
+        for replica in dropped & set(old.replicas):
+            self._launcher.kill(replica)  # dead, failed mid-promotion, or not fenced
+        self._routes.pop(name, None)
+        log.warning("queue %s partition %d: leader %s is dead; %s leads now", name, partition, old.leader, new.leader)
+        self.failover_seconds.append(time.monotonic() - started)
+        return True
+
+    def _promote_one(
+        self, record: QueueRecord, partition: int, old: Placement, dropped: set[str]
+    ) -> tuple[str | None, int]:
+        """Promote the first candidate that survives it: (its name, its epoch), or
+        (None, 0) if none is left. Candidates that died trying are added to ``dropped``."""
+        name = record.config.name
+        for candidate in promotable(record.config, old, dropped):
+            try:
+                return candidate, self._launcher.promote(record, partition, candidate)
+            except RayQueueError as error:
+                if candidate not in self._launcher.dead([candidate]):
+                    # Alive but failing (storage, a timeout): promoting another would
+                    # give up what this one holds for no reason. Retry later.
+                    raise PartitionUnavailable(name, partition, f"promoting {candidate} failed: {error}") from None
+                log.warning("queue %s partition %d: %s died while promoted (%s)", name, partition, candidate, error)
+                dropped.add(candidate)
+        return None, 0
+
+    def _fence_others(
+        self, name: str, partition: int, old: Placement, promoted: str, epoch: int, dropped: set[str]
+    ) -> set[str]:
+        """Fence every other live replica with the new epoch, so none acknowledges the
+        old leader's writes once the new one serves. Returns those that could not be
+        fenced: they leave the placement (and are killed), as if dead."""
+        unfenced = set()
+        for replica in old.replicas:
+            if replica == promoted or replica in dropped:
+                continue
+            try:
+                self._launcher.fence(replica, epoch)
+            except RayQueueError as error:
+                log.warning("queue %s partition %d: could not fence %s (%s); replacing it", name, partition, replica, error)
+                unfenced.add(replica)
+        return unfenced
+
+    def _fresh_leader(self, record: QueueRecord, partition: int, old: Placement, dropped: set[str]) -> Placement:
+        """A new leader, started from storage by the next ``route``; live replicas stay
+        (out of sync: they catch up from it)."""
+        name = record.config.name
+        lost = [r for r in old.in_sync if r in dropped]
+        if record.config.durability == "replicas" and lost:
+            log.error(
+                "queue %s partition %d: leader %s and every in-sync replica (%s) are gone; starting a new leader "
+                "from storage. Writes they acknowledged that were not stored yet may be LOST.",
+                name, partition, old.leader, ", ".join(lost),
+            )
+        shared = record.config.hosting == "shared"
+        leader = actor_name(name, record.uid, partition, old.next_generation, shared)
+        return dataclasses.replace(old.without(dropped), leader=leader, next_generation=old.next_generation + 1, in_sync=())
+
+    def _replace_replicas(self, name: str, partition: int, dead: set[str]) -> bool:
+        """Drop dead replicas (from the ISR too: a dead actor's name must never be
+        promoted) and name new ones to make up the number; the caller starts them."""
+        gone: set[str] = set()
+
+        def replace(record: QueueRecord, current: Placement) -> Placement:
+            gone.clear()
+            gone.update(r for r in current.replicas if r in dead)
+            return record.topped_up(partition, current.without(gone))
+
+        changed = self._update_placement(name, partition, replace)
         for replica in gone:
             self._launcher.kill(replica)
-        kept = tuple(replica for replica in placement.replicas if replica not in gone)
-        self._place(name, partition, placement.leader, kept, placement.next_generation)
-
-    def _fail_over(self, name: str, partition: int, dead: set[str]) -> None:
-        """Promote a live replica under a new epoch (or start a new leader from storage
-        if none is left), then start replicas to make up the number."""
-        started = time.monotonic()
-        record = self._queues[name]
-        placement = record.placements[partition]
-        alive = [replica for replica in placement.replicas if replica not in dead]
-        generation = placement.next_generation
-        if alive:
-            self._launcher.promote(record, partition, alive[0])
-            leader, replicas = alive[0], tuple(alive[1:])
-        else:
-            shared = record.config.hosting == "shared"
-            leader, replicas = actor_name(name, record.uid, partition, generation, shared), ()
-            generation += 1
-        log.warning("queue %s partition %d: leader %s is dead; %s leads now", name, partition, placement.leader, leader)
-        # New replicas come with the next health check, so that handles are not kept
-        # waiting for their processes to start.
-        self._place(name, partition, leader, replicas, generation, top_up=False)
-        self.failover_seconds.append(time.monotonic() - started)
-
-    def _replace_replicas(self, name: str, partition: int, dead: set[str]) -> None:
-        placement = self._queues[name].placements[partition]
-        alive = tuple(replica for replica in placement.replicas if replica not in dead)
-        self._place(name, partition, placement.leader, alive, placement.next_generation)
-
-    def _place(
-        self, name: str, partition: int, leader: str, replicas: tuple[str, ...], generation: int, top_up: bool = True
-    ) -> None:
-        """Persist a partition's new placement (topped up with new replicas), then start it."""
-        record = self._queues[name]
-        missing = record.config.replicas - len(replicas) if top_up else 0
-        shared = record.config.hosting == "shared"
-        new = tuple(actor_name(name, record.uid, partition, generation + i, shared) for i in range(missing))
-        placement = Placement(leader, replicas + new, generation + missing)
-
-        def update(queues: dict[str, QueueRecord]) -> dict[str, QueueRecord] | None:
-            current = queues.get(name)
-            if current is None or current.uid != record.uid:
-                return None  # deleted meanwhile
-            return {**queues, name: current.with_placement(partition, placement)}
-
-        self._change(update)
         self._routes.pop(name, None)
-        if name in self._queues:
-            self.route(name)  # starts the new actors and wires replicas to the leader
+        return changed
+
+    def _update_placement(
+        self, name: str, partition: int, update: Callable[[QueueRecord, Placement], Placement | None]
+    ) -> bool:
+        """Persist ``update`` of one partition's current placement, re-applied to what
+        another writer committed if it won a race. ``update`` returns the new placement,
+        the current one (nothing to change), or None (refused). True once the result
+        is persisted (or needed no change); False if refused or the partition is gone."""
+        accepted = [False]
+
+        def change(queues: dict[str, QueueRecord]) -> dict[str, QueueRecord] | None:
+            record = queues.get(name)
+            accepted[0] = False
+            if record is None or not 0 <= partition < len(record.placements):
+                return None
+            current = record.placements[partition]
+            new = update(record, current)
+            accepted[0] = new is not None
+            if new is None or new == current:
+                return None
+            return {**queues, name: record.with_placement(partition, new)}
+
+        self._change(change)
+        return accepted[0]
 
     # ------------------------------------------------------------------- scaling
 
@@ -459,17 +779,80 @@ class Coordinator:
             queues = change(self._queues)
             if queues is None:
                 return
-            version = self._version + 1
             try:
-                self._catalog.save(version, {name: record.to_json() for name, record in queues.items()})
+                self._save(self._version + 1, queues, self._broken)
             except ObjectExists:
                 self._load()
                 continue
-            self._version, self._queues = version, queues
             return
         raise RayQueueError(f"the catalog kept changing under this coordinator ({CATALOG_ATTEMPTS} attempts)")
 
-    def _load(self) -> None:
-        self._version, raw = self._catalog.load()
-        self._queues = {name: QueueRecord.from_json(data) for name, data in raw.items()}
+    def _save(self, version: int, queues: dict[str, QueueRecord], broken: dict[str, Broken]) -> None:
+        """Persist a catalog version, then publish it here. Unreadable records are
+        written back as they were: only an operator's delete removes them."""
+        document = {name: b.raw for name, b in broken.items()}
+        document.update({name: record.to_json() for name, record in queues.items()})
+        self._catalog.save(version, document)
+        self._version, self._queues, self._broken = version, queues, broken
 
+    def _load(self) -> None:
+        """Read the newest catalog, one record at a time: a record that fails validation
+        takes down that queue only (its operations raise StorageCorrupt)."""
+        self._version, raw = self._catalog.load()
+        self._queues, self._broken = {}, {}
+        for name, data in raw.items():
+            try:
+                self._queues[name] = QueueRecord.from_json(name, data)
+            except pydantic.ValidationError as error:
+                self._broken[name] = Broken(data, f"invalid settings: {describe_validation_error(error)}")
+            except (ValueError, TypeError, KeyError) as error:
+                self._broken[name] = Broken(data, f"invalid record: {type(error).__name__}: {error}")
+        for name, broken in self._broken.items():
+            log.error("catalog version %d: queue %r is unavailable: %s", self._version, name, broken.cause)
+
+    def sweep_orphans(self, listed: list[str]) -> list[str]:
+        """Remove queue prefixes (``queues/<name>.<uid>``) that no catalog record owns:
+        left by a deletion cut short, or by late writes of a deleted queue's actors.
+        ``listed``: object names under ``queues/``, listed *before* this call (a queue
+        is in the catalog before its actors write, so any prefix listed then belongs to
+        a record the catalog has now, or to none). Returns the prefixes removed.
+
+        Sweeps nothing unless the catalog this coordinator holds is the newest on
+        storage and was read whole: an unreadable record or version could own any uid."""
+        owned = self._owned_uids()
+        if owned is None:
+            return []
+        orphans = sorted({prefix for prefix in map(_queue_prefix_of, listed) if prefix and prefix[1] not in owned})
+        for queue, uid in orphans:
+            log.warning("removing orphaned storage prefix %s (no queue has uid %s)", queue_prefix(queue, uid), uid)
+            self._store.delete_prefix(queue_prefix(queue, uid))
+        return [queue_prefix(queue, uid) for queue, uid in orphans]
+
+    def _owned_uids(self) -> set[str] | None:
+        """The uids of every queue, if this coordinator knows them all for sure; else None."""
+        if self._broken or self._version == 0:
+            return None  # an unknown record, or no catalog at all (a wrong root?)
+        highest, _ = self._catalog.load()
+        if highest != self._version:
+            return None  # changed since, or the newest version is unreadable: next time
+        path = format.catalog_name(self._version)
+        try:
+            _, stored = format.decode_catalog(self._store.get(path), path)
+        except (RayQueueError, FileNotFoundError):
+            return None
+        if set(stored) != set(self._queues):
+            return None
+        return {record.uid for record in self._queues.values()}
+
+
+def _queue_prefix_of(name: str) -> tuple[str, str] | None:
+    """(queue, uid) of an object name under ``queues/<queue>.<uid>/``, if well formed."""
+    parts = name.split("/")
+    if len(parts) < 3 or parts[0] != "queues":
+        return None
+    queue, dot, uid = parts[1].rpartition(".")
+    try:
+        check_queue_name(queue)
+    except ValueError:
+        return None
+    return (queue, uid) if dot and _UID.fullmatch(uid) else None

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import threading
 import time
 import zlib
+from collections.abc import Iterator
 from typing import Any
 
 import ray
@@ -18,8 +20,16 @@ from rayqueue.actors.host import RemoteHost
 from rayqueue.actors.hosted import HostedPartition
 from rayqueue.actors.partition import RemotePartition, Role
 from rayqueue.config import QueueConfig
-from rayqueue.coordinator import SHARED_PREFIX, Coordinator, QueueRecord, Route
-from rayqueue.errors import PartitionUnavailable
+from rayqueue.coordinator import (
+    ORPHAN_SWEEP_INTERVAL_S,
+    SHARED_PREFIX,
+    Coordinator,
+    Placement,
+    QueueRecord,
+    Route,
+    partition_of,
+)
+from rayqueue.errors import PartitionUnavailable, RayQueueError
 from rayqueue.message import PartitionStats
 from rayqueue.storage import ObjectStore
 
@@ -29,6 +39,10 @@ log = logging.getLogger(__name__)
 PROBE_TIMEOUT_S = 2.0
 #: How long a new actor may take to start.
 START_TIMEOUT_S = 60.0
+#: How long ``start(wait=True)`` waits for leaders to catch new replicas up. Only a
+#: new queue waits (it has nothing to catch up), so this is short; past it the
+#: replicas join in the background.
+ATTACH_TIMEOUT_S = 10.0
 #: How long a promotion may take (it reads the partition's state from storage).
 PROMOTE_TIMEOUT_S = 120.0
 
@@ -47,31 +61,72 @@ class RayLauncher:
         self._storage_options = storage_options
         self._nodes: dict[str, str] = {}
 
-    def start(self, record: QueueRecord, wait: bool = False) -> list[Any]:
-        """Start (or find) the leaders and wait until they serve; start (or find) the
-        replicas and hand them to their leaders, waiting until they are in sync only
-        with ``wait`` (a leader counts a replica in sync once it has caught up)."""
+    def start(self, record: QueueRecord, wait: bool = False, create: frozenset[int] = frozenset()) -> list[Any]:
+        """Find the leaders (creating only those of partitions in ``create``) and wait
+        until they serve; start (or find) the replicas and hand them to their leaders.
+        With ``wait``, wait (bounded) until the leaders have caught them up.
+
+        Raises PartitionUnavailable naming the first partition whose leader is gone
+        (and not in ``create``) or does not start. A replica in its placement's
+        ``in_sync`` is never created: if its name is free it is dead, and the next
+        health check replaces it."""
+        queue = record.config.name
         leaders = [
-            self._actor(record, partition, placement.leader, "leader")
+            self._leader(record, partition, placement, partition in create)
             for partition, placement in enumerate(record.placements)
         ]
-        ray.get([leader.ready.remote() for leader in leaders], timeout=START_TIMEOUT_S)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        for partition, ref in enumerate([leader.ready.remote() for leader in leaders]):
+            try:
+                ray.get(ref, timeout=max(0.0, deadline - time.monotonic()))
+            except (RayActorError, RayTaskError, GetTimeoutError) as error:
+                raise PartitionUnavailable(queue, partition, f"leader did not start: {_describe(error)}") from None
         attaching = []
         for partition, (leader, placement) in enumerate(zip(leaders, record.placements)):
-            used = {self._node_of(placement.leader, leader)}
-            replicas = {}
-            for name in placement.replicas:
-                replica = self._find(name)
-                if replica is None:
-                    node = _pick_node(used)
-                    replica = self._actor(record, partition, name, "replica", node)
-                    self._nodes[name] = node or ""
-                used.add(self._node_of(name, replica))
-                replicas[name] = replica
+            replicas = self._replicas(record, partition, placement, self._node_of(placement.leader, leader))
             attaching.append(leader.attach_replicas.remote(replicas))
         if wait:
-            ray.get(attaching, timeout=START_TIMEOUT_S)
+            self._await_attached(queue, attaching)
         return leaders
+
+    def _leader(self, record: QueueRecord, partition: int, placement: Placement, create: bool) -> Any:
+        if create:
+            return self._actor(record, partition, placement.leader, "leader")
+        leader = self._find(placement.leader)
+        if leader is None:  # died since the coordinator's probe: fail over, never re-create (F8)
+            cause = f"leader {placement.leader} is gone; it is failed over, not started again from storage"
+            raise PartitionUnavailable(record.config.name, partition, cause)
+        return leader
+
+    def _replicas(self, record: QueueRecord, partition: int, placement: Placement, leader_node: str) -> dict[str, Any]:
+        used = {leader_node}
+        replicas = {}
+        for name in placement.replicas:
+            replica = self._find(name)
+            if replica is None and name in placement.in_sync:
+                log.warning("in-sync replica %s is gone; the health check replaces it", name)
+                continue
+            if replica is None:
+                node = _pick_node(used)
+                replica = self._actor(record, partition, name, "replica", node)
+                self._nodes[name] = node or ""
+            used.add(self._node_of(name, replica))
+            replicas[name] = replica
+        return replicas
+
+    def _await_attached(self, queue: str, attaching: list[Any]) -> None:
+        """Wait, bounded, for leaders to catch their replicas up. A leader reports each
+        caught-up replica to the coordinator without waiting for its answer (the
+        coordinator is busy here), so this never waits on the coordinator; if it is
+        slow, the replicas join in the background and nothing is promised about them."""
+        done, slow = ray.wait(attaching, num_returns=len(attaching), timeout=ATTACH_TIMEOUT_S)
+        if slow:
+            log.warning("queue %s: %d leaders still catching replicas up; going on", queue, len(slow))
+        for ref in done:
+            try:
+                ray.get(ref)
+            except (RayActorError, RayTaskError) as error:  # a failing leader: failover deals with it
+                log.warning("queue %s: a leader could not attach its replicas: %s", queue, _describe(error))
 
     def _find(self, name: str) -> Any | None:
         """The live actor (or hosted partition) of this name, or None."""
@@ -133,7 +188,10 @@ class RayLauncher:
                 num_cpus=record.config.partition_num_cpus,
                 resources=dict(record.config.partition_resources),
             ).remote()
-            ray.get(host.add.remote(name, *args), timeout=START_TIMEOUT_S)
+            try:
+                ray.get(host.add.remote(name, *args), timeout=START_TIMEOUT_S)
+            except (RayActorError, RayTaskError, GetTimeoutError) as error:
+                raise PartitionUnavailable(record.config.name, partition, f"hosting {name}: {_describe(error)}") from None
             return HostedPartition(host, name)
         return RemotePartition.options(**options).remote(*args)
 
@@ -160,12 +218,27 @@ class RayLauncher:
                 outcomes[calls[ref]] = error
         return outcomes
 
-    def promote(self, record: QueueRecord, partition: int, name: str) -> None:
+    def promote(self, record: QueueRecord, partition: int, name: str) -> int:
+        """Make the replica ``name`` lead; its epoch. Any failure (the replica dying
+        mid-promotion included) is a PartitionUnavailable, never a raw Ray error."""
+        queue = record.config.name
         replica = self._find(name)
         if replica is None:
-            raise PartitionUnavailable(record.config.name, partition, f"replica {name} is gone")
-        ray.get(replica.promote.remote(), timeout=PROMOTE_TIMEOUT_S)
+            raise PartitionUnavailable(queue, partition, f"replica {name} is gone")
+        try:
+            return int(ray.get(replica.promote.remote(), timeout=PROMOTE_TIMEOUT_S))
+        except (RayActorError, RayTaskError, GetTimeoutError) as error:
+            raise PartitionUnavailable(queue, partition, f"promoting {name}: {_describe(error)}") from None
 
+    def fence(self, name: str, epoch: int) -> None:
+        queue, partition = partition_of(name)
+        replica = self._handle(name)
+        if replica is None:
+            raise PartitionUnavailable(queue, partition, f"replica {name} is gone")
+        try:
+            ray.get(replica.fence.remote(epoch), timeout=PROBE_TIMEOUT_S)
+        except (RayActorError, RayTaskError, GetTimeoutError) as error:
+            raise PartitionUnavailable(queue, partition, f"fencing {name}: {_describe(error)}") from None
 
     def partition_stats(self, leaders: list[str]) -> list[Any]:
         outcomes = self._ask({name: self._handle(name) for name in leaders}, "stats")
@@ -180,17 +253,28 @@ class RayLauncher:
             log.exception("could not tell %s its scaling state", leader)
 
     def kill(self, name: str) -> None:
-        actor = self._find(name)
-        if isinstance(actor, HostedPartition):
-            ray.get(self._get(_host_name(name)).remove.remote(name), timeout=PROBE_TIMEOUT_S)
-        elif actor is not None:  # else never started, or already gone
-            ray.kill(actor, no_restart=True)
+        """Stop one actor for good, without waiting (it may be dead already)."""
+        try:
+            if name.startswith(SHARED_PREFIX):
+                host = self._get(_host_name(name))
+                if host is not None:
+                    host.remove.remote(name)
+            else:
+                actor = self._get(name)
+                if actor is not None:  # else never started, or already gone
+                    ray.kill(actor, no_restart=True)
+        except Exception as error:  # dying already: nothing left to stop
+            log.warning("could not kill %s: %s", name, _describe(error))
         self._nodes.pop(name, None)
 
     def stop(self, record: QueueRecord) -> None:
         for placement in record.placements:
             for name in (placement.leader, *placement.replicas):
                 self.kill(name)
+
+
+def _describe(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"[:300]
 
 
 def _host_name(name: str) -> str:
@@ -207,43 +291,62 @@ def _pick_node(avoid: set[str]) -> str | None:
 
 
 class CoordinatorActor:
-    """Serialises every call, and a watcher thread's health checks, on one lock."""
+    """Serialises every call, and a watcher thread's health checks, on one lock.
+
+    Leaders call ``replica_in_sync`` and ``replica_lost`` asynchronously (they await the
+    answer without blocking their event loop), and nothing the coordinator waits on
+    (``ready``, ``promote``, ``fence``, ``attach_replicas``) waits on the coordinator,
+    so a report queued behind a ``route`` never deadlocks it."""
 
     def __init__(self, namespace: str, storage: str, storage_options: dict[str, Any]) -> None:
         launcher = RayLauncher(namespace, storage, storage_options)
-        self._coordinator = Coordinator(ObjectStore(storage, storage_options), launcher)
+        self._store = ObjectStore(storage, storage_options)
+        self._coordinator = Coordinator(self._store, launcher)
         self._lock = threading.RLock()
         threading.Thread(target=self._watch, name="rayqueue-health", daemon=True).start()
 
     def _watch(self) -> None:
         # A control loop never dies: each step's failure is logged and the next one runs.
+        next_sweep = time.monotonic() + defaults.HEALTH_CHECK_INTERVAL_S
         while True:
             time.sleep(defaults.HEALTH_CHECK_INTERVAL_S)
             try:
                 with self._lock:
                     self._coordinator.check_health()
                     self._coordinator.autoscale(time.time())
+                if time.monotonic() >= next_sweep:
+                    next_sweep = time.monotonic() + ORPHAN_SWEEP_INTERVAL_S
+                    self._sweep()
             except Exception:
-                log.exception("health check or scaling failed; retrying")
+                log.exception("health check, scaling or sweep failed; retrying")
+
+    def _sweep(self) -> None:
+        listed = self._store.list("queues/")  # slow on S3: outside the lock
+        with self._lock:
+            self._coordinator.sweep_orphans(listed)
 
     def storage_url(self) -> str:
         return self._coordinator.storage_url
 
     def create_queue(self, config: QueueConfig) -> Route:
-        with self._lock:
+        with self._lock, _translated(config.name, -1):
             return self._coordinator.create_queue(config)
 
     def route(self, name: str) -> Route:
-        with self._lock:
+        with self._lock, _translated(name, -1):
             return self._coordinator.route(name)
 
     def report_failure(self, name: str, partition: int) -> Route:
-        with self._lock:
+        with self._lock, _translated(name, partition):
             return self._coordinator.report_failure(name, partition)
 
-    def replica_lost(self, name: str, partition: int, lost: list[str]) -> None:
+    def replica_in_sync(self, name: str, partition: int, leader: str, replica: str) -> bool:
         with self._lock:
-            self._coordinator.replica_lost(name, partition, lost)
+            return self._coordinator.replica_in_sync(name, partition, leader, replica)
+
+    def replica_lost(self, name: str, partition: int, leader: str, lost: list[str]) -> bool:
+        with self._lock:
+            return self._coordinator.replica_lost(name, partition, leader, lost)
 
     def list_queues(self) -> list[str]:
         with self._lock:
@@ -256,6 +359,19 @@ class CoordinatorActor:
     def failover_seconds(self) -> list[float]:
         with self._lock:
             return list(self._coordinator.failover_seconds)
+
+
+@contextlib.contextmanager
+def _translated(queue: str, partition: int) -> Iterator[None]:
+    """Handles see RayQueueErrors only: a raw Ray error that escaped the launcher
+    (a bug) still reaches them as PartitionUnavailable, which they retry."""
+    try:
+        yield
+    except RayQueueError:
+        raise
+    except (RayActorError, RayTaskError, GetTimeoutError) as error:
+        log.exception("queue %s: a Ray error escaped the launcher", queue)
+        raise PartitionUnavailable(queue, partition, _describe(error)) from None
 
 
 RemoteCoordinator = ray.remote(CoordinatorActor)
