@@ -137,6 +137,9 @@ class ReplicaSet:
         #: Failed in-sync replicas whose removal the coordinator has not recorded yet:
         #: they still count in the acknowledgement rule, so writes wait for storage.
         self._leaving: set[str] = set()
+        #: In-sync replicas the coordinator has recorded as such: only they may be
+        #: promoted, so a write is acknowledged without storage only if one holds it.
+        self._recorded: set[str] = set()
         self._reports: set[asyncio.Task[None]] = set()
         #: The leader's epoch, set once it has taken over; every write carries it.
         self.epoch = 0
@@ -147,6 +150,7 @@ class ReplicaSet:
         self._joining &= wanted
         self._in_sync &= wanted
         self._leaving &= wanted
+        self._recorded &= wanted
         newcomers = sorted(wanted - self._joining - self._in_sync - self._leaving)
         self._joining.update(newcomers)
         held = unstored() if self._acknowledging else HeldWrites()  # taken after joining: later writes reach them
@@ -177,8 +181,9 @@ class ReplicaSet:
 
     async def segment(self, batch: pa.RecordBatch) -> bool:
         """Hand a stamped segment to every replica; True if every replica of the
-        in-sync set holds it (and there is one): it may be acknowledged before it is
-        stored. Raises PartitionFenced if a replica heard of a newer leader."""
+        in-sync set holds it, and one of them is recorded by the coordinator: it may be
+        acknowledged before it is stored. Raises PartitionFenced if a replica heard of
+        a newer leader."""
         return await self._to_all("hold_segment", (self.epoch, batch))
 
     async def deletes(self, seq: int, offsets: np.ndarray) -> bool:
@@ -204,9 +209,10 @@ class ReplicaSet:
             leaving = [name for name in failed if name in self._in_sync]
             if leaving:
                 self._in_sync.difference_update(leaving)
+                self._recorded.difference_update(leaving)
                 self._leaving.update(leaving)
                 self._report(self._record_lost(leaving))
-        return bool(self._in_sync) and not self._leaving
+        return bool(self._recorded) and not self._leaving
 
     def _drop_joining(self, names: list[str]) -> None:
         # Never counted: the coordinator need only replace them (no answer awaited).
@@ -240,12 +246,15 @@ class ReplicaSet:
         delay = 0.1
         while name in self._in_sync:
             try:
-                await self._link.report_in_sync(name)
-                return
+                recorded = await self._link.report_in_sync(name)
             except Exception as error:
                 log.warning("reporting replica %s in sync failed (%s); retrying", name, error)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
+                continue
+            if recorded and name in self._in_sync:
+                self._recorded.add(name)
+            return
 
     def _report(self, report: Any) -> None:
         task = asyncio.ensure_future(report)
