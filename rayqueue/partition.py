@@ -137,7 +137,11 @@ class PartitionService:
         now = self._clock()
         for name, table in recovered.segments:  # read one at a time: memory stays in budget
             self._log.load_segment(name, table, recovered.deleted_offsets, now)
-        self._log.finish_load(recovered.next_offset, now)
+        # Never reuse an offset a stored delete names: a leader whose writes were lost with
+        # every replica holding them may have had them deleted, and the delete would
+        # take a new message at that offset with it.
+        deleted = recovered.deleted_offsets
+        self._log.finish_load(max(recovered.next_offset, int(deleted.max()) + 1 if len(deleted) else 0), now)
         self._log.epoch = self.epoch
         if self._replicas is not None:
             self._replicas.epoch = self.epoch

@@ -152,7 +152,7 @@ class World:
         if self.outage or self.chance(self.faults.storage_error):
             self.outcome.faults += 1
             raise StorageUnavailable(operation, "sim", "injected failure")
-        if self.chance(self.faults.crash_in_storage):
+        if self.chance(self.faults.crash_in_storage) and self.may_crash(node):
             self.outcome.faults += 1
             self.note(f"{node.name} crashes inside a storage {operation}")
             node.crash()
@@ -162,6 +162,18 @@ class World:
             self.outcome.faults += 1
             raise StorageUnavailable(operation, "sim", "injected lost reply")
         return result
+
+    def may_crash(self, node: Node) -> bool:
+        """With durability "replicas" a write may be acknowledged while only the leader and
+        its in-sync replicas hold it: the guarantee is for one failure at a time, so the
+        last live one of them is never crashed (with durability "storage" any may be)."""
+        if self.config.durability != "replicas":
+            return True
+        controller = self.controller
+        keepers = {name for name in controller.in_sync if self.nodes[name].alive}
+        if controller.leader is not None and controller.leader.alive:
+            keepers.add(controller.leader.name)
+        return bool(keepers - {node.name})
 
     def new_node(self, role: str) -> Node:
         node = Node(self, f"{role}{next(self._names)}")
@@ -212,6 +224,7 @@ class Node:
             replicas=self.replica_set if world.config.replicas else None,
             run_blocking=self.run_blocking,
         )
+        service.on_fenced = lambda: world.spawn(_die_later(world, self, 0.5))  # as the actor shell does
         held = self.replica.promote()
         try:
             service.recover(held)
@@ -386,6 +399,8 @@ class Controller:
                 node.lead()
             except (RayQueueError, Crashed) as error:
                 world.note(f"promoting {name} failed: {error!r}")
+                if node.alive:
+                    return  # it still holds what it holds: try it again at the next check
                 continue
             assert node.service is not None
             for other in alive:
@@ -508,11 +523,13 @@ async def _chaos(world: World) -> None:
     for _ in range(world.steps):
         await asyncio.sleep(world.random.uniform(0.05, 0.5))
         action = world.random.choice(["crash-leader", "crash-replica", "zombie", "outage", "calm", "calm"])
-        if action == "crash-leader" and controller.leader is not None:
+        if action == "crash-leader" and controller.leader is not None and world.may_crash(controller.leader):
             world.note(f"crash {controller.leader.name}")
             controller.leader.crash()
         elif action == "crash-replica" and controller.replicas:
             victim = world.random.choice(controller.replicas)
+            if not world.may_crash(world.nodes[victim]):
+                continue
             world.note(f"crash {victim}")
             world.nodes[victim].crash()
         elif action == "zombie" and controller.leader is not None and controller.leader.alive:
@@ -530,9 +547,9 @@ async def _chaos(world: World) -> None:
         world.outcome.faults += 1
 
 
-async def _die_later(world: World, zombie: Node) -> None:
-    await asyncio.sleep(world.random.uniform(0.1, 3.0))  # Ray's kill lands, eventually
-    zombie.crash()
+async def _die_later(world: World, node: Node, after_s: float | None = None) -> None:
+    await asyncio.sleep(world.random.uniform(0.1, 3.0) if after_s is None else after_s)  # Ray's kill lands, eventually
+    node.crash()
 
 
 async def _play(world: World) -> None:
@@ -603,6 +620,7 @@ def run(seed: int, faults: Faults | None = None, steps: int = 12, keep: bool = F
         world.outcome.stuck = str(stuck)
     except asyncio.TimeoutError:
         world.outcome.stuck = "the schedule did not finish within an hour of virtual time"
+        world.outcome.log.extend(_waiting(loop))
     finally:
         logging.disable(logging.NOTSET)
         _close(loop)
@@ -614,6 +632,16 @@ def run(seed: int, faults: Faults | None = None, steps: int = 12, keep: bool = F
         except Exception:  # noqa: BLE001: nothing there
             pass
     return world.outcome
+
+
+def _waiting(loop: asyncio.AbstractEventLoop) -> list[str]:
+    """Where each unfinished task waits (for a stuck schedule's log)."""
+    lines = []
+    for task in asyncio.all_tasks(loop):
+        if not task.done():
+            frames = task.get_stack()
+            lines.append(" <- ".join(f"{f.f_code.co_name}:{f.f_lineno}" for f in frames[::-1]))
+    return sorted(lines)
 
 
 def _ignore(task: asyncio.Future[Any]) -> None:

@@ -96,22 +96,21 @@ class ObjectStore:
         return f"{self.root}/{name}"
 
     def put_once(self, name: str, data: bytes) -> None:
-        """Create ``name`` holding ``data``; raise ObjectExists if it exists already.
+        """Create ``name`` holding ``data``; raise ObjectExists if it exists already
+        with other content. Idempotent: an object with exactly these bytes is this
+        writer's own (a retry of a put whose reply was lost, here or by a caller that
+        retries later), since every name is written by one writer only and claims
+        carry a token of their own.
 
         Returns only once the object is durable; readers never see a partial object.
         """
         path = self._path(name)
-        attempts = 0
 
         def create() -> None:
-            nonlocal attempts
-            attempts += 1
             try:
                 self._create(path, data)
             except ObjectExists:
-                # A retry may find the object that its own lost-response attempt
-                # created: the same bytes mean this writer won.
-                if attempts > 1 and self.fs.cat_file(path) == data:
+                if self.fs.cat_file(path) == data:
                     return
                 raise
 

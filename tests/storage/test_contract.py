@@ -44,8 +44,16 @@ def test_put_once_then_get_returns_the_bytes(store: ObjectStore) -> None:
 def test_empty_object_round_trips(store: ObjectStore) -> None:
     store.put_once("empty", b"")
     assert store.get("empty") == b""
-    with pytest.raises(ObjectExists):  # leadership claims are empty objects
-        store.put_once("empty", b"")
+    with pytest.raises(ObjectExists):
+        store.put_once("empty", b"not empty")
+
+
+def test_put_once_again_with_the_same_bytes_is_the_same_write(store: ObjectStore) -> None:
+    # A writer that retries a put whose reply it lost (after its own retries gave up)
+    # finds its object: that is success, not someone else's object.
+    store.put_once("a/segment", b"payload")
+    store.put_once("a/segment", b"payload")
+    assert store.get("a/segment") == b"payload"
 
 
 def test_put_once_on_an_existing_name_raises_and_keeps_the_first(store: ObjectStore) -> None:
