@@ -111,6 +111,8 @@ class PartitionService:
             on_fatal=self._cannot_store,
             on_write_seconds=self._metrics.storage_write,
         )
+        if replicas is not None:
+            replicas.stored = self._all_stored
         self._leadership = Leadership(lambda: self._run_blocking(self._store.check_leader), self._fence)
         self._since_checkpoint = 0
         self._checkpointing: asyncio.Task[None] | None = None
@@ -281,6 +283,9 @@ class PartitionService:
             self._segments_settled.floor(self._log.next_offset),
             self._deletes_settled.floor(self._next_delete_seq),
         )
+
+    async def _all_stored(self) -> None:
+        await asyncio.gather(self._segment_writer.drained(), self._delete_writer.drained())
 
     def unstored(self) -> HeldWrites:
         """What is acknowledged or being written but not on storage yet: what a replica

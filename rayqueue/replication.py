@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -130,6 +130,8 @@ class ReplicaSet:
 
     def __init__(self, link: ReplicaLink, acknowledging: bool, timeout_s: float = defaults.REPLICA_TIMEOUT_S) -> None:
         self._link = link
+        #: Returns once everything written so far is stored (set by the leader's service).
+        self.stored: Callable[[], Awaitable[None]] = _nothing
         self._acknowledging = acknowledging
         self._timeout_s = timeout_s
         self._joining: set[str] = set()
@@ -226,7 +228,12 @@ class ReplicaSet:
             log.warning("could not tell the coordinator about replicas %s", names)
 
     async def _record_lost(self, names: list[str]) -> None:
-        """Until the coordinator has recorded it, these replicas count: writes wait for storage."""
+        """Until the coordinator has recorded it, these replicas count: writes wait for storage.
+
+        They may hold writes acknowledged before they failed and not stored yet, of which
+        the leader's memory is then the only other copy: they are reported only once
+        everything written so far is stored, so that no promotion is ever short of them."""
+        await self.stored()
         delay = 0.1
         while True:
             try:
@@ -260,6 +267,10 @@ class ReplicaSet:
         task = asyncio.ensure_future(report)
         self._reports.add(task)  # kept until done: the loop holds tasks only weakly
         task.add_done_callback(self._reports.discard)
+
+
+async def _nothing() -> None:
+    return None
 
 
 def detach(batch: pa.RecordBatch) -> pa.RecordBatch:

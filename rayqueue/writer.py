@@ -113,6 +113,11 @@ class OrderedWriter:
             self._running = asyncio.ensure_future(self._run())
         return done
 
+    async def drained(self) -> None:
+        """Return once every write submitted so far is stored (or has failed)."""
+        if self._queue:
+            await asyncio.wait([self._queue[-1].done])
+
     def pending(self) -> dict[int, Any]:
         """Payloads of the writes not stored yet, by key (for a replica catching up)."""
         return {write.key: write.payload for write in self._queue}

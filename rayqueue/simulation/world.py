@@ -535,7 +535,8 @@ async def _chaos(world: World) -> None:
         elif action == "zombie" and controller.leader is not None and controller.leader.alive:
             zombie = controller.leader
             controller.fail_over(f"false suspicion of {zombie.name}")
-            world.spawn(_die_later(world, zombie))
+            if controller.leader is not zombie:  # replaced: Ray's kill lands, eventually
+                world.spawn(_die_later(world, zombie))
         elif action == "outage":
             world.outage = True
             world.note("storage outage")
