@@ -27,7 +27,7 @@ from rayqueue.config import QueueConfig, check_queue_name
 from rayqueue.consumer import BufferedConsumer
 from rayqueue.coordinator import Route
 from rayqueue.errors import InvalidArgument, InvalidReceipt, PartitionRetired, QueueFull
-from rayqueue.message import Message, PartitionStats, QueueStats, decode_receipt
+from rayqueue.message import Message, PartitionStats, QueueStats, Receipt, decode_receipt
 from rayqueue.plan import Call, Calls, FirstOf, Plan, Target
 from rayqueue.log import DELIVERY_SCHEMA
 from rayqueue.rows import (
@@ -40,6 +40,7 @@ from rayqueue.rows import (
     is_arrow,
     messages_from_delivery,
     parse_receipts,
+    receipt_column,
     send_rows,
     send_rows_from_arrow,
 )
@@ -412,19 +413,14 @@ class Queue:
         return pa.concat_tables(tables) if tables else delivery_table(0, DELIVERY_SCHEMA.empty_table())
 
     def _delete_plan(self, receipts: Sequence[str] | pa.Array | pa.ChunkedArray) -> Plan[None]:
-        if isinstance(receipts, (pa.Array, pa.ChunkedArray)):
-            column = receipts
-        elif isinstance(receipts, str) or not isinstance(receipts, Sequence):
-            raise InvalidArgument(f"delete_batch takes a sequence or Arrow column of receipts, not {type(receipts).__name__}")
-        elif not all(isinstance(receipt, str) for receipt in receipts):
-            bad = next(receipt for receipt in receipts if not isinstance(receipt, str))
-            raise InvalidReceipt(repr(bad), "a receipt is a str")
-        else:
-            column = pa.array(receipts, pa.string())
+        column = receipt_column(receipts)
         _check_batch(len(column))
         if not len(column):
             return
-        partitions, offsets, tokens = parse_receipts(column)
+        # The epoch is not sent: the partition checks each receipt's token, which a
+        # leader change voids anyway (the partition's call arguments stay as they were).
+        parsed = parse_receipts(column)
+        partitions = parsed.partitions
         if partitions.max() >= self._count:
             bad = int(np.flatnonzero(partitions >= self._count)[0])
             raise InvalidReceipt(str(column[bad]), f"queue {self.name!r} has no partition {partitions[bad]}")
@@ -433,13 +429,15 @@ class Queue:
         calls = []
         for partition in np.unique(partitions):
             mine = partitions == partition
-            calls.append(Call(int(partition), "delete", (offsets[mine], tokens[mine], column.filter(pa.array(mine)))))
+            arguments = (parsed.offsets[mine], parsed.tokens[mine], column.filter(pa.array(mine)))
+            calls.append(Call(int(partition), "delete", arguments))
         yield Calls(calls)
 
     def _visibility_plan(self, receipt: str, timeout_s: float) -> Plan[None]:
         _check_range("timeout_s", timeout_s, 0.0, defaults.MAX_VISIBILITY_TIMEOUT_S)
-        partition, offset, token = self._decode(receipt)
-        yield Calls([Call(partition, "change_visibility", (offset, token, receipt, float(timeout_s)))])
+        parts = self._decode(receipt)
+        arguments = (parts.offset, parts.token, receipt, float(timeout_s))
+        yield Calls([Call(parts.partition, "change_visibility", arguments)])
 
     def _stats_plan(self) -> Plan[QueueStats]:
         while True:
@@ -458,11 +456,11 @@ class Queue:
             partitions=tuple(parts),
         )
 
-    def _decode(self, receipt: str) -> tuple[int, int, int]:
-        partition, offset, token = decode_receipt(receipt)
-        if partition >= self._count:
-            raise InvalidReceipt(receipt, f"queue {self.name!r} has no partition {partition}")
-        return partition, offset, token
+    def _decode(self, receipt: str) -> Receipt:
+        parts = decode_receipt(receipt)
+        if parts.partition >= self._count:
+            raise InvalidReceipt(receipt, f"queue {self.name!r} has no partition {parts.partition}")
+        return parts
 
 
 def _bulky(nbytes: int) -> bool:
