@@ -14,7 +14,7 @@ import math
 import random
 import time
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Generator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -26,9 +26,9 @@ from rayqueue.actors import calls, session
 from rayqueue.config import QueueConfig, check_queue_name
 from rayqueue.consumer import BufferedConsumer
 from rayqueue.coordinator import Route
-from rayqueue.errors import InvalidArgument, InvalidReceipt, PartitionRetired, QueueFull
+from rayqueue.errors import InvalidArgument, InvalidReceipt, PartitionRetired, PartitionUnavailable, QueueFull
 from rayqueue.message import Message, PartitionStats, QueueStats, Receipt, decode_receipt
-from rayqueue.plan import Call, Calls, FirstOf, Plan, Target
+from rayqueue.plan import Call, Calls, FirstOf, Plan, Step, Target
 from rayqueue.log import DELIVERY_SCHEMA
 from rayqueue.rows import (
     ArrowBodies,
@@ -364,23 +364,48 @@ class Queue:
             )
             return [(0, delivery)]
         start = next(self._round_robin)
+        order = [(start + i) % partitions for i in range(partitions)]
+        deliveries, failed = yield from self._receive_each(order, max_messages, visibility_s)
+        if deliveries or (wait_s <= 0 and len(failed) < partitions):
+            return deliveries
+        if wait_s <= 0:
+            # Every partition failed and nothing is held: wait for one as a
+            # single-partition receive does (it raises PartitionUnavailable in the end).
+            (delivery,) = yield Calls([Call(failed[0], "receive", (max_messages, 0.0, visibility_s))])
+            return [(failed[0], delivery)] if delivery.num_rows else []
+        return (yield from self._long_poll(max_messages, wait_s, visibility_s))
+
+    def _receive_each(
+        self, order: list[int], max_messages: int, visibility_s: float | None
+    ) -> Generator[Step, Any, tuple[list[tuple[int, pa.Table]], list[int]]]:
+        """Receive from the partitions in ``order`` one after the other, up to
+        ``max_messages`` in all; return the non-empty deliveries and the partitions
+        that failed.
+
+        Messages taken from one partition are in flight (their visibility timeout
+        runs) until the caller has them, so a failing partition is skipped, not
+        waited for: its receive is a ``once`` call (reported to the coordinator,
+        which heals the route, but not retried). Skipping it loses nothing: what it
+        holds stays there for the next receive.
+        """
         deliveries: list[tuple[int, pa.Table]] = []
+        failed: list[int] = []
         received = 0
-        for partition in ((start + i) % partitions for i in range(partitions)):
+        for partition in order:
+            call = Call(partition, "receive", (max_messages - received, 0.0, visibility_s), once=True)
             try:
-                wanted = max_messages - received
-                (delivery,) = yield Calls(
-                    [Call(partition, "receive", (wanted, 0.0, visibility_s))]
-                )
+                (delivery,) = yield Calls([call])
             except PartitionRetired:
                 continue  # drained and gone: nothing to receive there
-            deliveries.append((partition, delivery))
-            received += delivery.num_rows
-            if received == max_messages:
-                break
-        if received or wait_s <= 0:
-            return deliveries
-        return (yield from self._long_poll(max_messages, wait_s, visibility_s))
+            except PartitionUnavailable:
+                failed.append(partition)
+                continue
+            if delivery.num_rows:
+                deliveries.append((partition, delivery))
+                received += delivery.num_rows
+                if received == max_messages:
+                    break
+        return deliveries, failed
 
     def _long_poll(
         self, max_messages: int, wait_s: float, visibility_s: float | None
