@@ -51,6 +51,7 @@ from typing import Any
 
 import ray
 from ray.cluster_utils import Cluster
+from ray.exceptions import GetTimeoutError, RayActorError
 from ray.util.state import list_actors
 
 import rayqueue
@@ -362,10 +363,21 @@ class Chaos:
             if state.name and state.name.startswith(prefix) and state.name.split(".")[3] == str(partition)
         ]
 
+    def _route(self) -> Any:
+        """The queue's route from the coordinator, waiting out a coordinator restart
+        (a kill_coordinator round may have just caused one)."""
+        deadline = time.monotonic() + STATE_TIMEOUT_S
+        while True:
+            try:
+                return ray.get(self._coordinator().route.remote(self.queue.name), timeout=STATE_TIMEOUT_S)
+            except (RayActorError, GetTimeoutError, ValueError):  # restarting, slow, or not yet named again
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+
     def _leader(self, partition: int) -> tuple[Actor, list[Actor]]:
         """The partition's leader (the actor the coordinator routes to) and its replicas."""
-        route = ray.get(self._coordinator().route.remote(self.queue.name), timeout=STATE_TIMEOUT_S)
-        handle = route.partitions[partition]
+        handle = self._route().partitions[partition]
         actors = self._actors(partition)
         for actor in actors:
             if ray.get_actor(actor.name, namespace=self.namespace) == handle:
