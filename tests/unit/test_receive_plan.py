@@ -236,3 +236,12 @@ def test_a_fault_inside_the_coordinator_is_named_not_retried():
         calls._coordinator_error("route", task_error(KeyError("x")), late=False)
 
     assert "coordinator failed (route): KeyError" in str(caught.value)
+
+
+def test_a_coordinator_whose_constructor_failed_is_named_at_once_not_retried():
+    error = RayActorError(error_msg="NoCredentialsError: Unable to locate credentials", actor_init_failed=True)
+
+    with pytest.raises(RayQueueError) as caught:
+        calls._coordinator_error("storage_url", error, late=False)
+
+    assert "coordinator failed (storage_url)" in str(caught.value) and "NoCredentialsError" in str(caught.value)
