@@ -223,11 +223,15 @@ class Clients:
     def __init__(self, queue: rayqueue.Queue, ledger: Ledger, partitions: int, consumers: int = 2) -> None:
         self.stop_producers, self.stop_consumers = threading.Event(), threading.Event()
         self.producers = [
-            threading.Thread(target=produce, args=(queue, p, ledger, self.stop_producers), name=f"producer-{p}", daemon=True)
+            threading.Thread(
+                target=produce, args=(queue, p, ledger, self.stop_producers), name=f"producer-{p}", daemon=True
+            )
             for p in range(partitions)
         ]
         self.consumers = [
-            threading.Thread(target=consume, args=(queue, ledger, self.stop_consumers), name=f"consumer-{c}", daemon=True)
+            threading.Thread(
+                target=consume, args=(queue, ledger, self.stop_consumers), name=f"consumer-{c}", daemon=True
+            )
             for c in range(consumers)
         ]
 
@@ -287,7 +291,9 @@ class Storage:
 
     @property
     def kind(self) -> str:
-        return "s3 (SeaweedFS, with outages)" if self.server else self.url.split("://")[0] if "://" in self.url else "file"
+        if self.server is not None:
+            return "s3 (SeaweedFS, with outages)"
+        return self.url.split("://")[0] if "://" in self.url else "file"
 
     def outage(self, seconds: float) -> None:
         """Stop the S3 server (SIGTERM), keep it down ``seconds``, start it again on the
@@ -322,16 +328,32 @@ class Actor:
 class Chaos:
     """Picks and carries out one fault per round; a round never raises."""
 
-    def __init__(self, cluster: Cluster, queue: rayqueue.Queue, storage: Storage, namespace: str, rng: random.Random) -> None:
+    def __init__(
+        self,
+        cluster: Cluster,
+        queue: rayqueue.Queue,
+        storage: Storage,
+        namespace: str,
+        rng: random.Random,
+        interval: float,
+    ) -> None:
         self.cluster = cluster
         self.queue = queue
         self.storage = storage
         self.namespace = namespace
         self.rng = rng
-        self.kinds = ["kill_leader", "sigkill_leader", "sigkill_partition_process", "kill_replica", "kill_coordinator", "remove_node"]
+        self.kinds = [
+            "kill_leader",
+            "sigkill_leader",
+            "sigkill_partition_process",
+            "kill_replica",
+            "kill_coordinator",
+            "remove_node",
+        ]
         if storage.server is not None:
             self.kinds.append("storage_outage")
-        self.interval = 1.0
+        #: Seconds between rounds (a storage outage lasts a share of it).
+        self.interval = interval
         #: (partition, when) of every leader death the chaos caused.
         self.leader_deaths: list[tuple[int, float]] = []
         self.actions: list[str] = []
@@ -360,7 +382,9 @@ class Chaos:
         """The live actors (leader and replicas) of this queue's ``partition``; their
         names are ``rayqueue.<queue>.<uid>.<partition>.<generation>``."""
         prefix = f"rayqueue.{self.queue.name}."
-        found = list_actors(filters=[("state", "=", "ALIVE")], limit=10_000, timeout=STATE_TIMEOUT_S, raise_on_missing_output=False)
+        found = list_actors(
+            filters=[("state", "=", "ALIVE")], limit=10_000, timeout=STATE_TIMEOUT_S, raise_on_missing_output=False
+        )
         return [
             Actor(state.name, state.pid, state.node_id)
             for state in found
@@ -475,7 +499,9 @@ def explain(ledger: Ledger, timeline: list[tuple[float, str, int]], started: flo
     with ledger.lock:
         lost = sorted((at, m, p) for m, (p, at) in ledger.acknowledged.items() if m not in ledger.deliveries)
         resurrected = [
-            m for m, ds in ledger.deliveries.items() if any(is_resurrection(d, ledger.deleted_at.get(m)) for d in ds[1:])
+            m
+            for m, ds in ledger.deliveries.items()
+            if any(is_resurrection(d, ledger.deleted_at.get(m)) for d in ds[1:])
         ]
         events = [(t, f"fault {action} on partition {p}") for t, action, p in timeline]
         events += [(at, f"LOST {m}, acknowledged by partition {p}") for at, m, p in lost[:20]]
@@ -509,8 +535,7 @@ def run(
     """Load, faults, drain; fill ``summary`` as it goes (so a failure still shows what was seen)."""
     ledger = Ledger()
     clients = Clients(queue, ledger, args.partitions)
-    chaos = Chaos(cluster, queue, storage, args.namespace, random.Random(args.seed))
-    chaos.interval = args.interval
+    chaos = Chaos(cluster, queue, storage, args.namespace, random.Random(args.seed), args.interval)
     started = time.monotonic()
     summary["faults"] = {}
     try:
@@ -544,7 +569,12 @@ def run(
 def start_cluster(nodes: int) -> Cluster:
     # A dashboard for Ray's state API, on ports of its own: other Rays may run here.
     dashboard_port, agent_port = free_ports(2)
-    head = {"num_cpus": 1, "include_dashboard": True, "dashboard_port": dashboard_port, "dashboard_agent_listen_port": agent_port}
+    head = {
+        "num_cpus": 1,
+        "include_dashboard": True,
+        "dashboard_port": dashboard_port,
+        "dashboard_agent_listen_port": agent_port,
+    }
     cluster = Cluster(initialize_head=True, head_node_args=head)
     try:
         for _ in range(nodes):
@@ -578,8 +608,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--replicas", type=int, choices=[0, 1, 2], default=1, help="replicas per partition")
     parser.add_argument("--durability", choices=["storage", "replicas"], default="replicas")
     parser.add_argument("--interval", type=float, default=2.0, help="seconds between faults")
-    parser.add_argument("--storage", default=None, help="fsspec URL (default: RAYQUEUE_STORAGE, else a temporary directory)")
-    parser.add_argument("--s3", action="store_true", help="start a SeaweedFS S3 server and include its outages among the faults")
+    parser.add_argument(
+        "--storage", default=None, help="fsspec URL (default: RAYQUEUE_STORAGE, else a temporary directory)"
+    )
+    parser.add_argument(
+        "--s3", action="store_true", help="start a SeaweedFS S3 server and include its outages among the faults"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the queue and the temporary storage")
     parser.add_argument("--json", action="store_true", help="print the summary as one JSON line")
     args = parser.parse_args(argv)

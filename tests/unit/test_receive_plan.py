@@ -60,7 +60,8 @@ def drive(plan: Any, partitions: Partitions) -> Any:
             for partition, count in partitions.arriving.items():
                 partitions.visible[partition] += count
             partitions.arriving = {}
-            ready = [i for i, c in enumerate(step.calls) if c.partition not in partitions.down and partitions.visible[c.partition]]
+            up = [c.partition not in partitions.down and partitions.visible[c.partition] for c in step.calls]
+            ready = [i for i, has in enumerate(up) if has]
             result = (ready[0], True) if ready else None
             outcome = lambda result=result: plan.send(result)  # noqa: E731
             continue
@@ -217,7 +218,9 @@ def test_a_coordinator_restart_or_a_dead_actor_inside_it_is_retried(error):
     assert calls._coordinator_error("route", error, late=False) is None
 
 
-@pytest.mark.parametrize("error", [RayActorError(), ActorUnavailableError("restarting", None), task_error(RayActorError())])
+@pytest.mark.parametrize(
+    "error", [RayActorError(), ActorUnavailableError("restarting", None), task_error(RayActorError())]
+)
 def test_after_the_retries_a_coordinator_failure_is_a_rayqueue_error_naming_it(error):
     with pytest.raises(RayQueueError) as caught:
         calls._coordinator_error("route", error, late=True)
