@@ -383,7 +383,10 @@ class Chaos:
         names are ``rayqueue.<queue>.<uid>.<partition>.<generation>``."""
         prefix = f"rayqueue.{self.queue.name}."
         found = list_actors(
-            filters=[("state", "=", "ALIVE")], limit=10_000, timeout=STATE_TIMEOUT_S, raise_on_missing_output=False
+            filters=[("state", "=", "ALIVE")],
+            limit=10_000,
+            timeout=STATE_TIMEOUT_S,
+            raise_on_missing_output=False,
         )
         return [
             Actor(state.name, state.pid, state.node_id)
@@ -583,6 +586,9 @@ def start_cluster(nodes: int) -> Cluster:
     except BaseException:
         cluster.shutdown()
         raise
+    # Ray's state API takes its server from the environment first (RAY_ADDRESS=local would
+    # make it look for "the" local Ray and refuse when other Rays run here): name ours.
+    os.environ["RAY_API_SERVER_ADDRESS"] = f"http://{cluster.webui_url}"
     return cluster
 
 
