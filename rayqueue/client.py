@@ -14,7 +14,7 @@ import math
 import random
 import time
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Generator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -26,9 +26,9 @@ from rayqueue.actors import calls, session
 from rayqueue.config import QueueConfig, check_queue_name
 from rayqueue.consumer import BufferedConsumer
 from rayqueue.coordinator import Route
-from rayqueue.errors import InvalidArgument, InvalidReceipt, PartitionRetired, QueueFull
-from rayqueue.message import Message, PartitionStats, QueueStats, decode_receipt
-from rayqueue.plan import Call, Calls, FirstOf, Plan, Target
+from rayqueue.errors import InvalidArgument, InvalidReceipt, PartitionRetired, PartitionUnavailable, QueueFull
+from rayqueue.message import Message, PartitionStats, QueueStats, Receipt, decode_receipt
+from rayqueue.plan import Call, Calls, FirstOf, Plan, Step, Target
 from rayqueue.log import DELIVERY_SCHEMA
 from rayqueue.rows import (
     ArrowBodies,
@@ -40,6 +40,7 @@ from rayqueue.rows import (
     is_arrow,
     messages_from_delivery,
     parse_receipts,
+    receipt_column,
     send_rows,
     send_rows_from_arrow,
 )
@@ -203,7 +204,13 @@ class Queue:
         self, max_messages: int = 1, *, wait_s: float = 0.0, visibility_timeout_s: float | None = None
     ) -> list[Message]:
         """Up to ``max_messages`` visible messages, hidden from others until deleted or
-        until the visibility timeout runs out. Waits up to ``wait_s`` for the first one."""
+        until the visibility timeout runs out. Waits up to ``wait_s`` for the first one.
+
+        Over several partitions, one that fails is skipped, not waited for: the
+        messages already taken from others come back at once (their visibility
+        timeout runs). Only when every partition fails does it wait, holding
+        nothing, as a single-partition receive does (``PartitionUnavailable`` after
+        ``defaults.PARTITION_RETRY_S``)."""
         return calls.run(self._target, self._messages(self._receive_plan(max_messages, wait_s, visibility_timeout_s)))
 
     async def receive_async(
@@ -363,23 +370,48 @@ class Queue:
             )
             return [(0, delivery)]
         start = next(self._round_robin)
+        order = [(start + i) % partitions for i in range(partitions)]
+        deliveries, failed = yield from self._receive_each(order, max_messages, visibility_s)
+        if deliveries or (wait_s <= 0 and len(failed) < partitions):
+            return deliveries
+        if wait_s <= 0:
+            # Every partition failed and nothing is held: wait for one as a
+            # single-partition receive does (it raises PartitionUnavailable in the end).
+            (delivery,) = yield Calls([Call(failed[0], "receive", (max_messages, 0.0, visibility_s))])
+            return [(failed[0], delivery)] if delivery.num_rows else []
+        return (yield from self._long_poll(max_messages, wait_s, visibility_s))
+
+    def _receive_each(
+        self, order: list[int], max_messages: int, visibility_s: float | None
+    ) -> Generator[Step, Any, tuple[list[tuple[int, pa.Table]], list[int]]]:
+        """Receive from the partitions in ``order`` one after the other, up to
+        ``max_messages`` in all; return the non-empty deliveries and the partitions
+        that failed.
+
+        Messages taken from one partition are in flight (their visibility timeout
+        runs) until the caller has them, so a failing partition is skipped, not
+        waited for: its receive is a ``once`` call (reported to the coordinator,
+        which heals the route, but not retried). Skipping it loses nothing: what it
+        holds stays there for the next receive.
+        """
         deliveries: list[tuple[int, pa.Table]] = []
+        failed: list[int] = []
         received = 0
-        for partition in ((start + i) % partitions for i in range(partitions)):
+        for partition in order:
+            call = Call(partition, "receive", (max_messages - received, 0.0, visibility_s), once=True)
             try:
-                wanted = max_messages - received
-                (delivery,) = yield Calls(
-                    [Call(partition, "receive", (wanted, 0.0, visibility_s))]
-                )
+                (delivery,) = yield Calls([call])
             except PartitionRetired:
                 continue  # drained and gone: nothing to receive there
-            deliveries.append((partition, delivery))
-            received += delivery.num_rows
-            if received == max_messages:
-                break
-        if received or wait_s <= 0:
-            return deliveries
-        return (yield from self._long_poll(max_messages, wait_s, visibility_s))
+            except PartitionUnavailable:
+                failed.append(partition)
+                continue
+            if delivery.num_rows:
+                deliveries.append((partition, delivery))
+                received += delivery.num_rows
+                if received == max_messages:
+                    break
+        return deliveries, failed
 
     def _long_poll(
         self, max_messages: int, wait_s: float, visibility_s: float | None
@@ -412,19 +444,14 @@ class Queue:
         return pa.concat_tables(tables) if tables else delivery_table(0, DELIVERY_SCHEMA.empty_table())
 
     def _delete_plan(self, receipts: Sequence[str] | pa.Array | pa.ChunkedArray) -> Plan[None]:
-        if isinstance(receipts, (pa.Array, pa.ChunkedArray)):
-            column = receipts
-        elif isinstance(receipts, str) or not isinstance(receipts, Sequence):
-            raise InvalidArgument(f"delete_batch takes a sequence or Arrow column of receipts, not {type(receipts).__name__}")
-        elif not all(isinstance(receipt, str) for receipt in receipts):
-            bad = next(receipt for receipt in receipts if not isinstance(receipt, str))
-            raise InvalidReceipt(repr(bad), "a receipt is a str")
-        else:
-            column = pa.array(receipts, pa.string())
+        column = receipt_column(receipts)
         _check_batch(len(column))
         if not len(column):
             return
-        partitions, offsets, tokens = parse_receipts(column)
+        # The epoch is not sent: the partition checks each receipt's token, which a
+        # leader change voids anyway (the partition's call arguments stay as they were).
+        parsed = parse_receipts(column)
+        partitions = parsed.partitions
         if partitions.max() >= self._count:
             bad = int(np.flatnonzero(partitions >= self._count)[0])
             raise InvalidReceipt(str(column[bad]), f"queue {self.name!r} has no partition {partitions[bad]}")
@@ -433,13 +460,15 @@ class Queue:
         calls = []
         for partition in np.unique(partitions):
             mine = partitions == partition
-            calls.append(Call(int(partition), "delete", (offsets[mine], tokens[mine], column.filter(pa.array(mine)))))
+            arguments = (parsed.offsets[mine], parsed.tokens[mine], column.filter(pa.array(mine)))
+            calls.append(Call(int(partition), "delete", arguments))
         yield Calls(calls)
 
     def _visibility_plan(self, receipt: str, timeout_s: float) -> Plan[None]:
         _check_range("timeout_s", timeout_s, 0.0, defaults.MAX_VISIBILITY_TIMEOUT_S)
-        partition, offset, token = self._decode(receipt)
-        yield Calls([Call(partition, "change_visibility", (offset, token, receipt, float(timeout_s)))])
+        parts = self._decode(receipt)
+        arguments = (parts.offset, parts.token, receipt, float(timeout_s))
+        yield Calls([Call(parts.partition, "change_visibility", arguments)])
 
     def _stats_plan(self) -> Plan[QueueStats]:
         while True:
@@ -458,11 +487,11 @@ class Queue:
             partitions=tuple(parts),
         )
 
-    def _decode(self, receipt: str) -> tuple[int, int, int]:
-        partition, offset, token = decode_receipt(receipt)
-        if partition >= self._count:
-            raise InvalidReceipt(receipt, f"queue {self.name!r} has no partition {partition}")
-        return partition, offset, token
+    def _decode(self, receipt: str) -> Receipt:
+        parts = decode_receipt(receipt)
+        if parts.partition >= self._count:
+            raise InvalidReceipt(receipt, f"queue {self.name!r} has no partition {parts.partition}")
+        return parts
 
 
 def _bulky(nbytes: int) -> bool:

@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from rayqueue.errors import InvalidReceipt
 
-#: The receipt format; shared with the vectorized parser in rayqueue.rows.
-RECEIPT_PATTERN = r"([0-9]{1,5})\.([0-9]{1,19})\.([0-9]{1,19})"
+#: The receipt format ``<partition>.<epoch>.<offset>.<token>``; shared with the
+#: vectorized parser in rayqueue.rows.
+RECEIPT_PATTERN = r"([0-9]{1,5})\.([0-9]{1,10})\.([0-9]{1,19})\.([0-9]{1,19})"
 _RECEIPT = re.compile(RECEIPT_PATTERN, re.ASCII)
+#: Receipts handed out before receipts carried the epoch (``<partition>.<offset>.<token>``).
+_EPOCHLESS = re.compile(r"[0-9]{1,5}\.[0-9]{1,19}\.[0-9]{1,19}", re.ASCII)
+#: How much of a bad receipt an error quotes: a 50 MB "receipt" must not become a 50 MB message.
+_SHOWN_CHARS = 80
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +31,15 @@ class Message:
     #: When the partition accepted the message, in seconds since the Unix epoch.
     sent_at: float = 0.0
     key: str | None = None
+
+    @property
+    def epoch(self) -> int:
+        """The epoch of the partition leader that served this delivery (from the receipt).
+
+        A leader change makes every delivery of an older epoch void, so this tells
+        which leader a delivery came from when a failover is being looked into.
+        """
+        return decode_receipt(self.receipt).epoch
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,26 +76,50 @@ class QueueStats:
         return self.visible + self.in_flight
 
 
-def encode_receipt(partition: int, offset: int, token: int) -> str:
-    """A receipt names where the message lives and which delivery it belongs to:
-    ``<partition>.<offset>.<token>``, all decimal (so Arrow can build and parse
-    whole columns of them).
+class Receipt(NamedTuple):
+    """The parts of a receipt, in the order they are written."""
 
-    The token is random per delivery, so a receipt cannot be guessed or reused
-    after the message was delivered again.
+    partition: int
+    #: The epoch of the leader that served the delivery.
+    epoch: int
+    offset: int
+    #: Random per delivery: a receipt cannot be guessed or reused after a redelivery.
+    token: int
+
+
+def encode_receipt(partition: int, offset: int, token: int, *, epoch: int = 0) -> str:
+    """A receipt names where the message lives, which leader served it and which
+    delivery it belongs to: ``<partition>.<epoch>.<offset>.<token>``, all decimal
+    (so Arrow can build and parse whole columns of them).
+
+    Epochs start at 1 once a leader claims its partition; 0 names no leader (a
+    log that was never taken over, as in unit tests of the log alone).
     """
-    return f"{partition}.{offset}.{token}"
+    return f"{partition}.{epoch}.{offset}.{token}"
 
 
-def decode_receipt(receipt: object) -> tuple[int, int, int]:
-    """``(partition, offset, token)``; raise InvalidReceipt if it is malformed."""
+def decode_receipt(receipt: object) -> Receipt:
+    """The parts of ``receipt``; raise InvalidReceipt if it is malformed.
+
+    A receipt without an epoch (``<partition>.<offset>.<token>``, from before
+    receipts carried one) is refused: it was served by a leader that no longer
+    runs after the upgrade's restart, and a restarted leader forgets every
+    delivery (its messages are visible again), so InvalidReceipt is the truth.
+    """
     if not isinstance(receipt, str):
-        raise InvalidReceipt(repr(receipt), "a receipt is a str")
+        raise InvalidReceipt(shown(repr(receipt)), "a receipt is a str")
     match = _RECEIPT.fullmatch(receipt)
     if match is None:
-        raise InvalidReceipt(receipt, "malformed")
-    partition, offset, token = int(match[1]), int(match[2]), int(match[3])
+        if _EPOCHLESS.fullmatch(receipt):
+            raise InvalidReceipt(receipt, "it has no epoch: it comes from a leader that ran before an upgrade")
+        raise InvalidReceipt(shown(receipt), "malformed")
+    parts = Receipt(int(match[1]), int(match[2]), int(match[3]), int(match[4]))
     # Offsets are int64 and tokens are drawn from [1, 2**62).
-    if offset >= 1 << 63 or not 0 < token < 1 << 62:
+    if parts.offset >= 1 << 63 or not 0 < parts.token < 1 << 62:
         raise InvalidReceipt(receipt, "malformed")
-    return partition, offset, token
+    return parts
+
+
+def shown(text: str) -> str:
+    """``text`` cut for quoting in an error message."""
+    return text if len(text) <= _SHOWN_CHARS else f"{text[:_SHOWN_CHARS - 3]}..."

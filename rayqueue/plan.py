@@ -6,6 +6,19 @@ Two small drivers in ``rayqueue.actors.calls`` run a plan: one with
 ``ray.get`` for plain code, one with ``await`` for async actors. Retrying a
 restarting partition and translating Ray's errors live in the drivers, so the
 plans hold only the queue's own rules.
+
+The driver's contract, which plans rely on:
+
+- A call that fails because its partition is dead, restarting or replaced is
+  retried through a fresh route for up to ``PARTITION_RETRY_S``; then
+  ``PartitionUnavailable`` is thrown into the plan.
+- A call marked ``once`` is not retried: its failure is reported to the
+  coordinator without waiting for the answer (the handle takes the healed route
+  on a later operation), and ``PartitionUnavailable`` is thrown into the plan at
+  once. A plan that holds something whose clock runs (received messages) uses
+  it, so that it never waits on one partition while holding another's results.
+- An error the partition raised on purpose (a ``RayQueueError``) is thrown into
+  the plan as it is.
 """
 
 from __future__ import annotations
@@ -34,6 +47,10 @@ class Call:
     retry_args: tuple[Any, ...] | None = None
     #: Its arguments or its result may be large (``defaults.BULKY_CALL_BYTES``): it goes through Ray.
     bulky: bool = False
+    #: Not retried: fail with ``PartitionUnavailable`` at once (see the module's docstring).
+    #: A step whose ``once`` call failed throws that error after its other calls finished,
+    #: and their results are dropped: give such calls a step of their own.
+    once: bool = False
 
 
 @dataclass(frozen=True)
@@ -64,6 +81,9 @@ class Target:
     coordinator: Any
     route: Route
     fetched_at: float = field(default_factory=time.monotonic)
+    #: Failure reports sent to the coordinator and not yet answered, by partition
+    #: (Ray object refs of the fresh route); the driver takes the route once one is ready.
+    reports: dict[int, Any] = field(default_factory=dict)
 
     def set_route(self, route: Route) -> None:
         self.route, self.fetched_at = route, time.monotonic()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 from rayqueue import defaults
 from rayqueue.config import QueueConfig
 from rayqueue.errors import InvalidArgument, InvalidReceipt, MessageTooLarge
-from rayqueue.message import RECEIPT_PATTERN, Message, decode_receipt, encode_receipt
+from rayqueue.message import RECEIPT_PATTERN, Message, decode_receipt, encode_receipt, shown
 from rayqueue.storage.format import SEND_SCHEMA
 
 Body = bytes | bytearray | memoryview | str
@@ -125,7 +125,7 @@ def messages_from_delivery(partition: int, delivery: pa.Table) -> list[Message]:
     """One Message per delivered row."""
     if delivery.num_rows == 0:
         return []
-    columns = {name: delivery.column(name).to_pylist() for name in ("offset", "id", "body", "key", "token")}
+    columns = {name: delivery.column(name).to_pylist() for name in ("offset", "id", "body", "key", "token", "epoch")}
     counts = delivery.column("receive_count").to_pylist()
     sent = (delivery.column("sent_at").cast(pa.int64()).to_numpy() / 1e6).tolist()
     attributes = delivery.column("attributes")
@@ -138,14 +138,22 @@ def messages_from_delivery(partition: int, delivery: pa.Table) -> list[Message]:
         Message(
             id=message_id,
             body=body,
-            receipt=encode_receipt(partition, offset, token),
+            receipt=encode_receipt(partition, offset, token, epoch=epoch),
             attributes=attrs,
             receive_count=receive_count,
             sent_at=sent_at,
             key=key,
         )
-        for offset, message_id, body, key, token, receive_count, sent_at, attrs in zip(
-            columns["offset"], columns["id"], columns["body"], columns["key"], columns["token"], counts, sent, attribute_rows
+        for offset, message_id, body, key, token, epoch, receive_count, sent_at, attrs in zip(
+            columns["offset"],
+            columns["id"],
+            columns["body"],
+            columns["key"],
+            columns["token"],
+            columns["epoch"],
+            counts,
+            sent,
+            attribute_rows,
         )
     ]
 
@@ -203,9 +211,8 @@ def _column(table: pa.Table, name: str, accepted: tuple[pa.DataType, ...], targe
 def delivery_table(partition: int, delivery: pa.Table) -> pa.Table:
     """The user's view of a delivery, built column-wise: id, body, receipt,
     receive_count, sent_at, attributes, key."""
-    offsets = delivery.column("offset").cast(pa.string())
-    tokens = delivery.column("token").cast(pa.string())
-    receipts = pc.binary_join_element_wise(pa.scalar(str(partition)), offsets, tokens, ".")
+    parts = [delivery.column(name).cast(pa.string()) for name in ("epoch", "offset", "token")]
+    receipts = pc.binary_join_element_wise(pa.scalar(str(partition)), *parts, ".")
     return pa.table(
         {
             "id": delivery.column("id"),
@@ -219,9 +226,45 @@ def delivery_table(partition: int, delivery: pa.Table) -> pa.Table:
     )
 
 
-def parse_receipts(receipts: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(partitions, offsets, tokens)`` of a column of receipts, parsed column-wise;
-    raise InvalidReceipt naming the first malformed one."""
+class ReceiptColumns(NamedTuple):
+    """A column of receipts taken apart: one int64 array per part."""
+
+    partitions: np.ndarray
+    epochs: np.ndarray
+    offsets: np.ndarray
+    tokens: np.ndarray
+
+
+def receipt_column(receipts: object) -> pa.Array | pa.ChunkedArray:
+    """The receipts a user passed to a delete, as an Arrow string column: a sequence
+    of str, or an Arrow column already. Raise InvalidReceipt naming the first bad one."""
+    if isinstance(receipts, (pa.Array, pa.ChunkedArray)):
+        return receipts
+    if isinstance(receipts, str) or not isinstance(receipts, Sequence):
+        raise InvalidArgument(
+            f"delete_batch takes a sequence or Arrow column of receipts, not {type(receipts).__name__}"
+        )
+    for receipt in receipts:
+        if not isinstance(receipt, str):
+            raise InvalidReceipt(shown(repr(receipt)), "a receipt is a str")
+    try:
+        return pa.array(receipts, pa.string())
+    except UnicodeEncodeError:  # a lone surrogate cannot be UTF-8: no receipt holds one
+        bad = next(receipt for receipt in receipts if not _encodable(receipt))
+        raise InvalidReceipt(shown(bad), "malformed") from None
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def parse_receipts(receipts: pa.Array | pa.ChunkedArray) -> ReceiptColumns:
+    """The parts of a column of receipts, parsed column-wise; raise InvalidReceipt
+    naming the first malformed one."""
     if isinstance(receipts, pa.ChunkedArray):
         receipts = receipts.combine_chunks()
     if receipts.type not in (pa.string(), pa.large_string()):
@@ -233,12 +276,12 @@ def parse_receipts(receipts: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np
         parts = pc.list_flatten(pc.split_pattern(receipts, ".")).cast(pa.uint64())
     except pa.ArrowInvalid:  # a number too large for 64 bits
         _first_bad(receipts, pa.array([False] * len(receipts)))
-    numbers = parts.to_numpy().reshape(-1, 3)
-    partitions, offsets, tokens = numbers[:, 0], numbers[:, 1], numbers[:, 2]
+    numbers = parts.to_numpy().reshape(-1, 4)
+    partitions, epochs, offsets, tokens = numbers[:, 0], numbers[:, 1], numbers[:, 2], numbers[:, 3]
     bad = (offsets >= 1 << 63) | (tokens == 0) | (tokens >= 1 << 62)
     if bad.any():
         raise InvalidReceipt(receipts[int(np.flatnonzero(bad)[0])].as_py(), "malformed")
-    return partitions.astype(np.int64), offsets.astype(np.int64), tokens.astype(np.int64)
+    return ReceiptColumns(*(column.astype(np.int64) for column in (partitions, epochs, offsets, tokens)))
 
 
 def _first_bad(receipts: pa.Array, well_formed: pa.Array) -> None:
@@ -247,4 +290,4 @@ def _first_bad(receipts: pa.Array, well_formed: pa.Array) -> None:
             decode_receipt(receipts[index].as_py())  # raises, with the reason
     for receipt in receipts.to_pylist():
         decode_receipt(receipt)
-    raise InvalidReceipt(repr(receipts), "malformed")
+    raise InvalidReceipt(shown(repr(receipts)), "malformed")

@@ -5,7 +5,11 @@ long-poll probes and coordinator calls through Ray. Here transport errors become
 rayqueue's: an error raised inside an actor comes back as itself, and a
 partition that died or is restarting is retried, after a fresh route from the
 coordinator, until ``PARTITION_RETRY_S`` has passed; then the caller gets
-``PartitionUnavailable``. Nothing here knows a queue's rules.
+``PartitionUnavailable``. A call marked ``once`` is not retried (see
+``rayqueue.plan``). A coordinator call never lets a Ray error out: a coordinator
+that restarts, or that met a dead actor while it failed one over, is retried;
+then the caller gets a ``RayQueueError`` naming the coordinator. Nothing here
+knows a queue's rules.
 """
 
 from __future__ import annotations
@@ -15,13 +19,13 @@ import time
 from typing import Any
 
 import ray
-from ray.exceptions import GetTimeoutError, ObjectLostError, RayActorError, RayTaskError, TaskCancelledError
+from ray.exceptions import GetTimeoutError, ObjectLostError, RayActorError, RayError, RayTaskError, TaskCancelledError
 
 from rayqueue import defaults
 from rayqueue.actors import channel
 from rayqueue.actors.channel import unwrap
 from rayqueue.errors import PartitionFenced, PartitionRetired, PartitionUnavailable, RayQueueError
-from rayqueue.plan import Call, FirstOf, Plan, Step, T, Target
+from rayqueue.plan import Call, Calls, FirstOf, Plan, Step, T, Target
 from rayqueue.wire import ChannelBroken
 
 #: Errors after which the same call may succeed once the actor is back.
@@ -73,11 +77,49 @@ def _timeout(call: Call) -> float:
     return call.wait_s + CALL_TIMEOUT_S
 
 
+def _unavailable(target: Target, call: Call, error: BaseException) -> PartitionUnavailable:
+    return PartitionUnavailable(target.name, call.partition, f"{type(error).__name__}: {error}")
+
+
+def _give_up_once(target: Target, step: Calls, failed: list[tuple[int, BaseException]]) -> None:
+    """Raise for the first failed ``once`` call of the step, after reporting every one."""
+    once = [(index, error) for index, error in failed if step.calls[index].once]
+    for index, _ in once:
+        report_soon(target, step.calls[index].partition)
+    if once:
+        index, error = once[0]
+        raise _unavailable(target, step.calls[index], error)
+
+
+def report_soon(target: Target, partition: int) -> None:
+    """Tell the coordinator that ``partition`` failed, without waiting: during a
+    failover it answers only after seconds. One report per partition is in flight
+    at a time; ``take_reports`` picks up the fresh route it returns."""
+    if partition not in target.reports:
+        target.reports[partition] = target.coordinator.report_failure.remote(target.name, partition)
+
+
+def take_reports(target: Target) -> None:
+    """Take the route from every failure report the coordinator has answered (never waits)."""
+    if not target.reports:
+        return
+    ready, _ = ray.wait(list(target.reports.values()), num_returns=len(target.reports), timeout=0)
+    for partition, ref in list(target.reports.items()):
+        if ref not in ready:
+            continue
+        del target.reports[partition]
+        try:
+            target.set_route(ray.get(ref))
+        except (RayError, RayQueueError):
+            pass  # the coordinator restarted or the queue went: the next call finds out and reports again
+
+
 # ---------------------------------------------------------------- blocking driver
 
 
 def run(target: Target, plan: Plan[T]) -> T:
     """Run a plan with blocking calls."""
+    take_reports(target)
     if target.stale():
         target.set_route(call_coordinator(target.coordinator, "route", target.name))
     outcome = _send(plan, None)
@@ -111,6 +153,7 @@ def _execute(target: Target, step: Step) -> Any:
                 results[index] = pending.result(_timeout(step.calls[index]))
             except (*_ELSEWHERE, *_RETRYABLE) as error:
                 failed.append((index, error))
+        _give_up_once(target, step, failed)
         if failed:
             index, error = failed[0]
             time.sleep(retry.next_delay(step.calls[index].partition, error))
@@ -145,19 +188,45 @@ def report_failure(target: Target, partition: int) -> None:
 
 
 def call_coordinator(coordinator: Any, method: str, *args: Any) -> Any:
-    """A blocking coordinator call, retried while the coordinator restarts."""
+    """A blocking coordinator call, retried while the coordinator restarts; it raises
+    only rayqueue errors (see ``_coordinator_error``)."""
     deadline = time.monotonic() + defaults.PARTITION_RETRY_S
     attempt = 0
     while True:
         try:
             return ray.get(getattr(coordinator, method).remote(*args), timeout=CALL_TIMEOUT_S)
-        except RayTaskError as error:
-            raise unwrap(error) from None
-        except _RETRYABLE as error:
-            if time.monotonic() >= deadline:
-                raise RayQueueError(f"the rayqueue coordinator is unavailable: {error}") from None
-            time.sleep(_BACKOFF_S[min(attempt, len(_BACKOFF_S) - 1)])
-            attempt += 1
+        except RayError as error:
+            _coordinator_error(method, error, time.monotonic() >= deadline)
+        time.sleep(_BACKOFF_S[min(attempt, len(_BACKOFF_S) - 1)])
+        attempt += 1
+
+
+def _coordinator_error(method: str, error: BaseException, late: bool) -> None:
+    """What a failed coordinator call means: raise the rayqueue error to give the
+    caller, or return (to retry) when the coordinator may answer on a later try.
+
+    Retried: the coordinator restarting or unreachable (``_RETRYABLE``), and a
+    Ray error raised inside it (an actor it called died while it failed one
+    over: the next try sees the new state). A rayqueue error it raised is the
+    answer. Anything else (its constructor failing included) is a fault in the
+    coordinator, named, not retried.
+    """
+    cause = unwrap(error) if isinstance(error, RayTaskError) else error
+    if isinstance(cause, RayQueueError):
+        raise cause from None
+    # A task error whose cause Ray could not rebuild is a fault, not a restart; so is a
+    # coordinator whose constructor raised (e.g. storage it cannot reach): it stays dead.
+    retryable = (
+        isinstance(cause, (*_RETRYABLE, RayError, asyncio.TimeoutError))
+        and not isinstance(cause, RayTaskError)
+        and not getattr(cause, "actor_init_failed", False)
+    )
+    if retryable and not late:
+        return
+    what = "is unavailable" if retryable else "failed"
+    raise RayQueueError(
+        f"the rayqueue coordinator {what} ({method}): {type(cause).__name__}: {cause}"
+    ) from (None if retryable else cause)
 
 
 # --------------------------------------------------------------- awaitable driver
@@ -165,6 +234,7 @@ def call_coordinator(coordinator: Any, method: str, *args: Any) -> Any:
 
 async def run_async(target: Target, plan: Plan[T]) -> T:
     """Run a plan without blocking the event loop."""
+    take_reports(target)
     if target.stale():
         target.set_route(await call_coordinator_async(target.coordinator, "route", target.name))
     outcome = _send(plan, None)
@@ -206,6 +276,7 @@ async def _execute_async(target: Target, step: Step) -> Any:
                 raise outcome
             else:
                 results[index] = outcome
+        _give_up_once(target, step, failed)
         if failed:
             index, error = failed[0]
             await asyncio.sleep(retry.next_delay(step.calls[index].partition, error))
@@ -246,18 +317,16 @@ async def report_failure_async(target: Target, partition: int) -> None:
 
 
 async def call_coordinator_async(coordinator: Any, method: str, *args: Any) -> Any:
+    """``call_coordinator`` without blocking the event loop."""
     deadline = time.monotonic() + defaults.PARTITION_RETRY_S
     attempt = 0
     while True:
         try:
             return await asyncio.wait_for(_await(getattr(coordinator, method).remote(*args)), CALL_TIMEOUT_S)
-        except RayTaskError as error:
-            raise unwrap(error) from None
-        except (*_RETRYABLE, asyncio.TimeoutError) as error:
-            if time.monotonic() >= deadline:
-                raise RayQueueError(f"the rayqueue coordinator is unavailable: {error}") from None
-            await asyncio.sleep(_BACKOFF_S[min(attempt, len(_BACKOFF_S) - 1)])
-            attempt += 1
+        except (RayError, asyncio.TimeoutError) as error:
+            _coordinator_error(method, error, time.monotonic() >= deadline)
+        await asyncio.sleep(_BACKOFF_S[min(attempt, len(_BACKOFF_S) - 1)])
+        attempt += 1
 
 
 # ------------------------------------------------------------------ plan stepping

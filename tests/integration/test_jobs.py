@@ -63,25 +63,41 @@ def test_benchmark_job_compares_with_ray_util_queue(tmp_path):
     assert not Path(report["settings"]["storage"].removeprefix("file://")).exists()
 
 
-def run_chaos(rounds: int, seed: int, tmp_path: Path) -> dict:
+def run_chaos(rounds: int, seed: int, tmp_path: Path, *extra: str) -> dict:
     result = run_job(
-        "chaos.py", "--rounds", str(rounds), "--seed", str(seed), "--nodes", "3", "--interval", "1.5", "--json",
+        "chaos.py", "--rounds", str(rounds), "--seed", str(seed), "--nodes", "3", "--interval", "1.5", "--json", *extra,
         storage=tmp_path,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return json.loads([line for line in result.stdout.splitlines() if line.startswith("{")][-1])
+    summary = json.loads([line for line in result.stdout.splitlines() if line.startswith("{")][-1])
+    if "--s3" not in extra:  # it used RAYQUEUE_STORAGE, and deleted its queue at the end
+        assert not any((tmp_path / "queues").iterdir())
+    return summary
 
 
 @pytest.mark.integration
-def test_chaos_short_run_loses_nothing(tmp_path):
-    summary = run_chaos(rounds=4, seed=11, tmp_path=tmp_path)
+@pytest.mark.parametrize("durability", ["storage", "replicas"])
+def test_chaos_short_run_loses_nothing(tmp_path, durability):
+    # Seed 33 kills the coordinator first: the job must live through it (issue 12).
+    summary = run_chaos(4, 33, tmp_path, "--durability", durability)
     assert summary["acknowledged"] > 100
+    assert summary["lost"] == 0 and summary["resurrected"] == 0
+    assert summary["ok"] and "error" not in summary
+    # Faults are skipped only when their target is mid-failover, never all of them.
+    assert sum(count for fault, count in summary["faults"].items() if "skipped" not in fault) >= 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("durability", "replicas"), [("storage", 1), ("replicas", 1), ("storage", 2), ("replicas", 2)])
+def test_chaos_long_run_loses_nothing(tmp_path, durability, replicas):
+    summary = run_chaos(30, 5, tmp_path, "--durability", durability, "--replicas", str(replicas))
     assert summary["lost"] == 0 and summary["resurrected"] == 0
 
 
 @pytest.mark.slow
-def test_chaos_long_run_loses_nothing(tmp_path):
-    summary = run_chaos(rounds=30, seed=5, tmp_path=tmp_path)
+def test_chaos_with_storage_outages_loses_nothing(tmp_path):
+    summary = run_chaos(20, 3, tmp_path, "--s3", "--durability", "storage")
+    assert summary["storage"].startswith("s3")
     assert summary["lost"] == 0 and summary["resurrected"] == 0
 
 

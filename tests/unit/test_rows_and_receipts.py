@@ -25,8 +25,17 @@ from rayqueue.errors import (
     StorageUnavailable,
 )
 from rayqueue.log import PartitionLog
-from rayqueue.message import decode_receipt, encode_receipt
-from rayqueue.rows import IdSource, check_attributes, check_text, messages_from_delivery, parse_receipts, send_rows
+from rayqueue.message import Receipt, decode_receipt, encode_receipt, shown
+from rayqueue.rows import (
+    IdSource,
+    check_attributes,
+    check_text,
+    delivery_table,
+    messages_from_delivery,
+    parse_receipts,
+    receipt_column,
+    send_rows,
+)
 from rayqueue.storage.format import SEND_SCHEMA
 
 CONFIG = QueueConfig.build(name="orders", max_messages=1000, max_message_bytes=8)
@@ -181,31 +190,45 @@ def test_take_returns_exactly_n_ids():
 
 
 @pytest.mark.parametrize(
-    ("partition", "offset", "token"), [(0, 0, 1), (3, 42, 0xABCDEF), (255, 2**63 - 1, 2**62 - 1)]
+    ("partition", "epoch", "offset", "token"),
+    [(0, 0, 0, 1), (3, 7, 42, 0xABCDEF), (255, 9_999_999_999, 2**63 - 1, 2**62 - 1)],
 )
-def test_receipt_round_trips(partition, offset, token):
-    assert decode_receipt(encode_receipt(partition, offset, token)) == (partition, offset, token)
+def test_receipt_round_trips(partition, epoch, offset, token):
+    receipt = encode_receipt(partition, offset, token, epoch=epoch)
+
+    assert receipt == f"{partition}.{epoch}.{offset}.{token}"
+    assert decode_receipt(receipt) == Receipt(partition, epoch, offset, token)
 
 
 MALFORMED_RECEIPTS = [
     "",
     "0",
     "0.1",
-    "0.1.2.3",
-    "...",
-    "a.1.1",
-    "0.b.1",
-    "0.1.xyz",
-    "0.1.",
-    ".1.1",
-    "-1.0.1",
-    "0.-1.1",
-    "0.0.-1",
-    "0.0.0",  # tokens start at 1: 0 means "never delivered"
-    f"0.{2**63}.1",
-    f"0.0.{2**62}",  # tokens are drawn below 2**62
-    f"0.{'9' * 5000}.1",
-    "0.1.1\x00",
+    "0.1.2",  # no epoch: see test_receipt_without_an_epoch_is_refused_as_from_before_an_upgrade
+    "0.1.2.3.4",
+    "....",
+    "a.1.1.1",
+    "0.e.1.1",
+    "0.1.b.1",
+    "0.1.1.xyz",
+    "0.1.1.",
+    ".1.1.1",
+    "-1.1.0.1",
+    "0.-1.0.1",
+    "0.1.-1.1",
+    "0.1.0.-1",
+    "+0.1.1.2",
+    "0x1.1.1.2",
+    "١.١.٢.٣",  # digits, but not ASCII ones
+    "0.1.0.0",  # tokens start at 1: 0 means "never delivered"
+    f"0.{10**10}.0.1",  # epochs have at most 10 digits
+    f"0.1.{2**63}.1",
+    f"0.1.0.{2**62}",  # tokens are drawn below 2**62
+    f"0.1.{'9' * 5000}.1",
+    "100000.1.1.2",
+    "0.1.1.1\x00",
+    "0.1.1.1\n",
+    " 0.1.1.1",
 ]
 
 
@@ -214,28 +237,73 @@ def test_malformed_receipt_is_rejected(receipt):
     with pytest.raises(InvalidReceipt) as caught:
         decode_receipt(receipt)
 
-    assert caught.value.receipt == receipt
+    assert caught.value.receipt == shown(receipt)
 
 
 @pytest.mark.parametrize("receipts", [MALFORMED_RECEIPTS[i : i + 1] for i in range(len(MALFORMED_RECEIPTS))])
 def test_malformed_receipt_in_a_column_is_rejected_and_named(receipts):
-    column = pa.array(["0.1.1", *receipts, "0.2.2"], pa.string())
+    column = pa.array(["0.1.1.1", *receipts, "0.1.2.2"], pa.string())
 
     with pytest.raises(InvalidReceipt) as caught:
         parse_receipts(column)
 
-    assert caught.value.receipt == receipts[0]
+    assert caught.value.receipt == shown(receipts[0])
+
+
+def test_receipt_without_an_epoch_is_refused_as_from_before_an_upgrade():
+    for parse in (decode_receipt, lambda r: parse_receipts(pa.array([r]))):
+        with pytest.raises(InvalidReceipt) as caught:
+            parse("0.5.7")
+
+        assert "no epoch" in caught.value.reason
+
+
+def test_a_huge_receipt_is_quoted_cut_short():
+    with pytest.raises(InvalidReceipt) as caught:
+        decode_receipt("9" * 1_000_000)
+
+    assert len(str(caught.value)) < 200
+
+
+@pytest.mark.parametrize("receipts", [["\ud800"], ["0.1.1.1", "0.1.2.2\udfff"]])
+def test_a_receipt_that_is_not_valid_unicode_is_invalid_not_a_raw_error(receipts):
+    with pytest.raises(InvalidReceipt) as caught:
+        receipt_column(receipts)
+
+    assert caught.value.receipt == receipts[-1]
+    with pytest.raises(InvalidReceipt):
+        decode_receipt(receipts[-1])
+
+
+@pytest.mark.parametrize("receipts", [[None], ["0.1.1.1", None], [b"0.1.1.1"], [5]])
+def test_a_receipt_that_is_not_a_str_is_invalid_in_a_batch(receipts):
+    with pytest.raises(InvalidReceipt):
+        receipt_column(receipts)
+
+
+@pytest.mark.parametrize("receipts", [[None], ["0.1.1.1", None]])
+def test_a_null_in_a_receipt_column_is_invalid(receipts):
+    with pytest.raises(InvalidReceipt):
+        parse_receipts(pa.array(receipts, pa.string()))
+
+
+@pytest.mark.parametrize("receipts", ["0.1.1.1", 5, {"0.1.1.1"}])
+def test_receipts_that_are_not_a_sequence_are_an_invalid_argument(receipts):
+    with pytest.raises(InvalidArgument):
+        receipt_column(receipts)
 
 
 def test_receipt_column_parses_like_single_receipts():
-    receipts = [encode_receipt(p, o, t) for p, o, t in [(0, 0, 1), (3, 42, 0xABCDEF), (255, 2**63 - 1, 2**62 - 1)]]
+    parts = [(0, 0, 0, 1), (3, 7, 42, 0xABCDEF), (255, 9_999_999_999, 2**63 - 1, 2**62 - 1)]
+    receipts = [encode_receipt(p, o, t, epoch=e) for p, e, o, t in parts]
 
-    partitions, offsets, tokens = parse_receipts(pa.array(receipts))
+    parsed = parse_receipts(pa.chunked_array([receipts[:1], receipts[1:]]))
 
-    assert list(zip(partitions, offsets, tokens)) == [decode_receipt(r) for r in receipts]
+    assert list(zip(*parsed)) == [decode_receipt(r) for r in receipts] == parts
+    assert all(column.dtype == "int64" for column in parsed)
 
 
-@pytest.mark.parametrize("receipt", [None, 5, b"0.1.1", ("0", "1", "1")])
+@pytest.mark.parametrize("receipt", [None, 5, b"0.1.1.1", ("0", "1", "1", "1")])
 def test_receipt_that_is_not_a_string_is_rejected(receipt):
     with pytest.raises(InvalidReceipt):
         decode_receipt(receipt)
@@ -249,11 +317,17 @@ def test_invalid_receipt_is_a_value_error():
 # ---------------------------------------------------------- deliveries
 
 
-def test_messages_from_delivery_carry_receipts_for_their_delivery():
-    log = PartitionLog(2, quota=10, retention_s=3600.0, dedup_window_s=300.0)
+def _delivered_log(partition: int, epoch: int) -> PartitionLog:
+    log = PartitionLog(partition, quota=10, retention_s=3600.0, dedup_window_s=300.0)
+    log.epoch = epoch
     rows = send_rows(CONFIG, [b"a", b"b"], ["id-a", "id-b"], key="k", attributes=[("x", "1")])
     log.reserve("orders", 2, 1_700_000_000.5)
     log.publish(log.stamp(rows, 1_700_000_000.5), "segments/first")
+    return log
+
+
+def test_messages_from_delivery_carry_receipts_for_their_delivery():
+    log = _delivered_log(2, epoch=7)
 
     messages = messages_from_delivery(2, log.receive(10, 1_700_000_001.0, 30.0))
 
@@ -262,8 +336,20 @@ def test_messages_from_delivery_carry_receipts_for_their_delivery():
         ("id-b", b"b", "k", {"x": "1"}, 1),
     ]
     assert [m.sent_at for m in messages] == [1_700_000_000.5, 1_700_000_000.5]
-    partition, offset, token = decode_receipt(messages[1].receipt)
-    assert (partition, offset) == (2, 1) and token > 0
+    receipt = decode_receipt(messages[1].receipt)
+    assert (receipt.partition, receipt.epoch, receipt.offset) == (2, 7, 1) and receipt.token > 0
+    assert [m.epoch for m in messages] == [7, 7]
+
+
+def test_the_bulk_receipt_column_matches_the_messages_receipts():
+    delivery = _delivered_log(2, epoch=7).receive(10, 1_700_000_001.0, 30.0)
+
+    table = delivery_table(2, delivery)
+
+    assert table.column("receipt").to_pylist() == [m.receipt for m in messages_from_delivery(2, delivery)]
+    assert list(zip(*parse_receipts(table.column("receipt")))) == [
+        decode_receipt(receipt) for receipt in table.column("receipt").to_pylist()
+    ]
 
 
 def test_empty_delivery_gives_no_messages():

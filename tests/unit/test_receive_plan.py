@@ -1,0 +1,250 @@
+"""A receive over several partitions when one fails, and what the call layer does with
+a failed call, driven without a cluster (invariant 7; review F11, F12).
+
+The plans are generators: these tests play the driver's part (``rayqueue.plan``
+states its contract) with partitions that are up or down.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+import pytest
+from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
+
+from rayqueue.actors import calls
+from rayqueue.client import Queue
+from rayqueue.config import QueueConfig
+from rayqueue.coordinator import Route
+from rayqueue.errors import PartitionUnavailable, QueueNotFound, RayQueueError
+from rayqueue.plan import Call, Calls, FirstOf, Target
+
+
+@dataclass
+class Partitions:
+    """What each partition holds (a count of visible messages), and which are down."""
+
+    visible: dict[int, int]
+    down: set[int] = field(default_factory=set)
+    #: Messages that arrive while the plan long-polls.
+    arriving: dict[int, int] = field(default_factory=dict)
+    #: Every call the plan made, in order (long-poll probes as "poll").
+    calls: list[Call | str] = field(default_factory=list)
+
+    def receive(self, call: Call) -> pa.Table:
+        self.calls.append(call)
+        if call.partition in self.down:
+            # The driver's contract: a once call fails at once; any other call fails
+            # only after its retries ran out. Either way the plan sees this.
+            raise PartitionUnavailable("q", call.partition, "ActorDiedError: down")
+        wanted = call.args[0]
+        taken = min(wanted, self.visible[call.partition])
+        self.visible[call.partition] -= taken
+        return pa.table({"offset": pa.array(range(taken), pa.int64())})
+
+
+def drive(plan: Any, partitions: Partitions) -> Any:
+    """Run a receive plan as the driver would, against ``partitions``."""
+    outcome: Callable[[], Any] = lambda: next(plan)  # noqa: E731
+    while True:
+        try:
+            step = outcome()
+        except StopIteration as stop:
+            return stop.value
+        if isinstance(step, FirstOf):
+            partitions.calls.append("poll")
+            for partition, count in partitions.arriving.items():
+                partitions.visible[partition] += count
+            partitions.arriving = {}
+            up = [c.partition not in partitions.down and partitions.visible[c.partition] for c in step.calls]
+            ready = [i for i, has in enumerate(up) if has]
+            result = (ready[0], True) if ready else None
+            outcome = lambda result=result: plan.send(result)  # noqa: E731
+            continue
+        assert isinstance(step, Calls)
+        try:
+            results = [partitions.receive(call) for call in step.calls]
+        except PartitionUnavailable as error:
+            outcome = lambda error=error: plan.throw(error)  # noqa: E731
+        else:
+            outcome = lambda results=results: plan.send(results)  # noqa: E731
+
+
+def queue_of(partitions: int) -> Queue:
+    config = QueueConfig.build(name="q", max_messages=1000, max_message_bytes=64, partitions=partitions)
+    queue = Queue("q", None, Route(config, "uid", tuple(object() for _ in range(partitions))))
+    queue._round_robin = itertools.count(0)  # start at partition 0: the order is known
+    return queue
+
+
+def received(deliveries: list[tuple[int, pa.Table]]) -> dict[int, int]:
+    return {partition: table.num_rows for partition, table in deliveries}
+
+
+def test_a_failing_partition_is_skipped_and_the_others_messages_are_returned():
+    partitions = Partitions({0: 3, 1: 5, 2: 4}, down={1})
+
+    deliveries = drive(queue_of(3)._receive_plan(10, 0.0, None), partitions)
+
+    assert received(deliveries) == {0: 3, 2: 4}
+    assert [(c.partition, c.once) for c in partitions.calls] == [(0, True), (1, True), (2, True)]
+
+
+def test_messages_already_taken_are_returned_when_a_later_partition_fails():
+    # The review's F11: partition 0 handed messages out, then partition 1 failed.
+    # They must reach the caller now, not after 30 s of retries, and not be dropped.
+    partitions = Partitions({0: 2, 1: 5, 2: 0}, down={1, 2})
+
+    deliveries = drive(queue_of(3)._receive_plan(10, 5.0, None), partitions)
+
+    assert received(deliveries) == {0: 2}
+    assert "poll" not in partitions.calls and all(call.once for call in partitions.calls)
+
+
+def test_a_failing_partition_with_others_empty_returns_nothing_without_waiting():
+    partitions = Partitions({0: 0, 1: 5, 2: 0}, down={1})
+
+    assert drive(queue_of(3)._receive_plan(10, 0.0, None), partitions) == []
+    assert all(call.once for call in partitions.calls)
+
+
+def test_a_long_poll_goes_on_past_a_failing_partition():
+    partitions = Partitions({0: 0, 1: 5, 2: 0}, down={1}, arriving={2: 1})
+
+    assert received(drive(queue_of(3)._receive_plan(10, 1.0, None), partitions)) == {2: 1}
+    assert partitions.calls[3] == "poll"
+
+
+def test_when_every_partition_fails_the_receive_waits_for_one_holding_nothing():
+    partitions = Partitions({0: 1, 1: 1, 2: 1}, down={0, 1, 2})
+
+    with pytest.raises(PartitionUnavailable):
+        drive(queue_of(3)._receive_plan(10, 0.0, None), partitions)
+
+    # Three quick tries, then one that the driver retries (it held nothing meanwhile).
+    assert [(c.partition, c.once) for c in partitions.calls] == [(0, True), (1, True), (2, True), (0, False)]
+
+
+def test_a_single_partition_receive_is_retried_as_before():
+    partitions = Partitions({0: 1})
+
+    drive(queue_of(1)._receive_plan(10, 0.0, None), partitions)
+
+    assert [c.once for c in partitions.calls] == [False]
+
+
+def test_the_receive_stops_asking_once_it_has_enough():
+    partitions = Partitions({0: 4, 1: 5, 2: 5}, down={2})
+
+    assert received(drive(queue_of(3)._receive_plan(6, 0.0, None), partitions)) == {0: 4, 1: 2}
+    assert [c.partition for c in partitions.calls] == [0, 1]
+
+
+# ----------------------------------------------------------- the call layer
+
+
+class FakeMethod:
+    def __init__(self, sent: list[tuple[Any, ...]]) -> None:
+        self.sent = sent
+
+    def remote(self, *args: Any) -> str:
+        self.sent.append(args)
+        return f"ref-{len(self.sent)}"
+
+
+class FakeCoordinator:
+    def __init__(self) -> None:
+        self.sent: list[tuple[Any, ...]] = []
+        self.report_failure = FakeMethod(self.sent)
+
+
+def target_of(queue: Queue, coordinator: FakeCoordinator) -> Target:
+    return Target("q", coordinator, queue._target.route)
+
+
+def test_a_failed_once_call_is_reported_without_waiting_and_raises_partition_unavailable():
+    coordinator = FakeCoordinator()
+    target = target_of(queue_of(3), coordinator)
+    step = Calls([Call(1, "receive", (10, 0.0, None), once=True)])
+
+    with pytest.raises(PartitionUnavailable) as caught:
+        calls._give_up_once(target, step, [(0, RayActorError())])
+
+    assert caught.value.partition == 1 and "RayActorError" in caught.value.cause
+    assert coordinator.sent == [("q", 1)] and set(target.reports) == {1}
+
+
+def test_one_report_per_partition_is_in_flight_at_a_time():
+    coordinator = FakeCoordinator()
+    target = target_of(queue_of(3), coordinator)
+    step = Calls([Call(1, "receive", (10, 0.0, None), once=True)])
+
+    for _ in range(3):
+        with pytest.raises(PartitionUnavailable):
+            calls._give_up_once(target, step, [(0, RayActorError())])
+
+    assert coordinator.sent == [("q", 1)]
+
+
+def test_a_failed_call_that_is_not_once_is_left_to_the_retries():
+    coordinator = FakeCoordinator()
+    target = target_of(queue_of(3), coordinator)
+
+    calls._give_up_once(target, Calls([Call(1, "receive", (10, 0.0, None))]), [(0, RayActorError())])
+
+    assert coordinator.sent == [] and target.reports == {}
+
+
+# ------------------------------------------------------ coordinator errors (F12)
+
+
+def task_error(cause: BaseException) -> RayTaskError:
+    return RayTaskError("report_failure", "traceback", cause)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        RayActorError(),
+        ActorUnavailableError("restarting", None),
+        task_error(RayActorError()),  # the coordinator called a replica that died mid-call
+    ],
+)
+def test_a_coordinator_restart_or_a_dead_actor_inside_it_is_retried(error):
+    assert calls._coordinator_error("route", error, late=False) is None
+
+
+@pytest.mark.parametrize(
+    "error", [RayActorError(), ActorUnavailableError("restarting", None), task_error(RayActorError())]
+)
+def test_after_the_retries_a_coordinator_failure_is_a_rayqueue_error_naming_it(error):
+    with pytest.raises(RayQueueError) as caught:
+        calls._coordinator_error("route", error, late=True)
+
+    assert type(caught.value) is RayQueueError
+    assert "coordinator is unavailable (route)" in str(caught.value)
+
+
+def test_a_rayqueue_error_raised_by_the_coordinator_is_raised_as_it_is():
+    with pytest.raises(QueueNotFound):
+        calls._coordinator_error("route", task_error(QueueNotFound("q")), late=False)
+
+
+def test_a_fault_inside_the_coordinator_is_named_not_retried():
+    with pytest.raises(RayQueueError) as caught:
+        calls._coordinator_error("route", task_error(KeyError("x")), late=False)
+
+    assert "coordinator failed (route): KeyError" in str(caught.value)
+
+
+def test_a_coordinator_whose_constructor_failed_is_named_at_once_not_retried():
+    error = RayActorError(error_msg="NoCredentialsError: Unable to locate credentials", actor_init_failed=True)
+
+    with pytest.raises(RayQueueError) as caught:
+        calls._coordinator_error("storage_url", error, late=False)
+
+    assert "coordinator failed (storage_url)" in str(caught.value) and "NoCredentialsError" in str(caught.value)
