@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import glob
 import os
 import pickle
 import time
@@ -88,8 +89,8 @@ def test_out_of_range_settings_quote_the_value(client, queue_name, setting, valu
 def test_delete_queue_removes_stored_data_and_old_handles_fail(client, queue_name, storage_url):
     queue = client.create_queue(queue_name, max_messages=10, max_message_bytes=100)
     queue.send(b"x")
-    folder = os.path.join(storage_url.removeprefix("file://"), "queues", queue_name)
-    assert os.listdir(folder)
+    (folder,) = glob.glob(os.path.join(storage_url.removeprefix("file://"), "queues", f"{queue_name}.*"))
+    assert os.listdir(folder)  # queues/<name>.<uid>: the queue's own prefix
     client.delete_queue(queue_name)
     assert not os.path.exists(folder)
     assert queue_name not in client.list_queues()
