@@ -207,7 +207,9 @@ class ReplicaSet:
         if failed:
             causes = {name: f"{type(error).__name__}: {error}"[:200] for name, error in failed.items()}
             log.warning("replicas failed a write (epoch %d): %s", self.epoch, causes)
-            self._drop_joining([name for name in failed if name in self._joining])
+            joining = [name for name in failed if name in self._joining]
+            if joining:
+                self._drop_joining(joining)
             leaving = [name for name in failed if name in self._in_sync]
             if leaving:
                 self._in_sync.difference_update(leaving)

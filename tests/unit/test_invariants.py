@@ -1,0 +1,348 @@
+"""The write path's invariants, each pinned by a deterministic test without Ray.
+
+Each test is named after the invariant it pins and plays, step by step, the
+interleaving in which a finding of the durability review broke it (F1, F2, F5, F7,
+F10, F12). The simulation (test_simulation.py) looks for such interleavings by
+itself; these keep the known ones from coming back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from rayqueue.config import QueueConfig
+from rayqueue.errors import PartitionFenced, StorageUnavailable
+from rayqueue.log import PartitionLog
+from rayqueue.partition import PartitionService
+from rayqueue.replication import HeldWrites, ReplicaSet, ReplicaState
+from rayqueue.rows import IdSource, send_rows
+from rayqueue.storage import ObjectStore, PartitionStore
+from rayqueue.writer import OrderedWriter, Settlement
+
+IDS = IdSource()
+REPLICATED = QueueConfig.build(name="q", max_messages=1000, max_message_bytes=100, durability="replicas", replicas=1)
+STORED = QueueConfig.build(name="q", max_messages=1000, max_message_bytes=100)
+
+
+def rows(config: QueueConfig, *bodies: str) -> pa.Table:
+    return send_rows(config, list(bodies), IDS.take(len(bodies)))
+
+
+def bodies(table: pa.Table) -> list[bytes]:
+    return table.column("body").to_pylist()
+
+
+class Link:
+    """A replica link to in-process ``ReplicaState`` objects; holds can be held back."""
+
+    def __init__(self, *names: str) -> None:
+        self.replicas = {name: ReplicaState(name) for name in names}
+        self.gate: asyncio.Event | None = None
+        self.failing: set[str] = set()
+        self.recorded: set[str] = set()
+        self.lost_reports: list[list[str]] = []
+        self.coordinator_answers = True
+
+    async def hold(self, replica: str, method: str, args: tuple[Any, ...]) -> None:
+        if replica in self.failing:
+            raise ConnectionError(replica)
+        getattr(self.replicas[replica], method)(*args)
+        if self.gate is not None and method == "hold_segment":
+            await self.gate.wait()  # the replica holds it; its reply is still in flight
+
+    def release(self, replica: str, epoch: int, offset_floor: int, seq_floor: int) -> None:
+        self.replicas[replica].release(epoch, offset_floor, seq_floor)
+
+    async def report_in_sync(self, replica: str) -> bool:
+        self.recorded.add(replica)
+        return True
+
+    async def report_lost(self, replicas: list[str]) -> bool:
+        self.lost_reports.append(replicas)
+        self.recorded -= set(replicas)
+        return self.coordinator_answers
+
+    def on_leader_node(self, replicas: list[str]) -> int:
+        return 0
+
+
+async def replicated_leader(root: str, link: Link, **options: Any) -> PartitionService:
+    replicas = ReplicaSet(link, acknowledging=True)
+    service = PartitionService(REPLICATED, 0, PartitionStore(ObjectStore(root), "q", 0, "u"), replicas=replicas, **options)
+    service.recover()
+    await replicas.attach(list(link.replicas), service.unstored)
+    await asyncio.sleep(0)  # the in-sync report is answered
+    return service
+
+
+def promote(root: str, config: QueueConfig, held: HeldWrites | None = None) -> PartitionService:
+    successor = PartitionService(config, 0, PartitionStore(ObjectStore(root), "q", 0, "u"))
+    successor.recover(held)
+    return successor
+
+
+# ------------------------------------------------ 1. floors pass only what is settled
+
+
+def test_floors_only_pass_what_is_stored_and_published_replicas_mode(tmp_path):
+    # F1: m1's store finishes while the replica's acknowledgement is in flight; a delete
+    # commits and checkpoints in that gap. The checkpoint must keep m1, and the replica
+    # must not be told to let go of it before it is published.
+    root = f"file://{tmp_path}"
+
+    async def scenario() -> None:
+        link = Link("r1")
+        leader = await replicated_leader(root, link, checkpoint_every=1)
+        await leader.send(rows(REPLICATED, "m0"), dedup=False)
+        taken = await leader.receive(1, 0.0, None)
+        link.gate = asyncio.Event()
+        sending = asyncio.ensure_future(leader.send(rows(REPLICATED, "m1"), dedup=False))
+        while leader.unstored().segments:  # m1's store finished; it is not published yet
+            await asyncio.sleep(0.001)
+        assert 1 in link.replicas["r1"].held.segments  # not released: not settled
+        await leader.delete(taken.column("offset").to_numpy(), taken.column("token").to_numpy(), [])
+        if leader._checkpointing is not None:
+            await leader._checkpointing
+        link.gate.set()
+        await sending  # m1 is acknowledged
+
+        successor = promote(root, REPLICATED, link.replicas["r1"].promote())
+        assert bodies(await successor.receive(10, 0.0, None)) == [b"m1"]
+
+    asyncio.run(scenario())
+
+
+def test_floors_only_pass_what_is_stored_and_published_storage_mode(tmp_path):
+    # F1, storage mode: a checkpoint that starts as m1's store completes (before the send
+    # publishes it) must not treat m1's segment as dead.
+    root = f"file://{tmp_path}"
+
+    async def scenario() -> None:
+        leader = promote(root, STORED)
+        leader._checkpoint_every = 1_000
+        await leader.send(rows(STORED, "m0"), dedup=False)
+        taken = await leader.receive(1, 0.0, None)
+        await leader.delete(taken.column("offset").to_numpy(), taken.column("token").to_numpy(), [])
+        stored = leader._segment_writer._on_stored
+        checkpoints: list[asyncio.Future[None]] = []
+
+        def checkpoint_in_the_gap(first: int) -> None:
+            stored(first)
+            checkpoints.append(asyncio.ensure_future(leader.checkpoint()))
+
+        leader._segment_writer._on_stored = checkpoint_in_the_gap
+        await leader.send(rows(STORED, "m1"), dedup=False)
+        await asyncio.gather(*checkpoints)
+        assert bodies(await promote(root, STORED).receive(10, 0.0, None)) == [b"m1"]
+
+    asyncio.run(scenario())
+
+
+class OnceFailingStore(PartitionStore):
+    """The first segment write fails for good (not a transient error), once ``proceed`` is set."""
+
+    failed = False
+    proceed = threading.Event()
+
+    def write_segment(self, batch: pa.RecordBatch) -> str:
+        if not self.failed:
+            self.failed = True
+            self.proceed.wait(10)
+            raise FileNotFoundError("segments/ (removed under the writer)")
+        return super().write_segment(batch)
+
+
+def test_a_write_acknowledged_before_it_is_stored_is_never_forgotten(tmp_path):
+    # F2: a background store that fails for good must not be passed by the next
+    # store's floor (replicas released, checkpoint past it): the leader stops instead,
+    # and the replica that holds it takes over with it.
+    root = f"file://{tmp_path}"
+
+    async def scenario() -> None:
+        link = Link("r1")
+        replicas = ReplicaSet(link, acknowledging=True)
+        store = OnceFailingStore(ObjectStore(root), "q", 0, "u")
+        leader = PartitionService(REPLICATED, 0, store, replicas=replicas, checkpoint_every=1)
+        leader.recover()
+        await replicas.attach(["r1"], leader.unstored)
+        await asyncio.sleep(0)
+        await leader.send(rows(REPLICATED, "m0"), dedup=False)  # acknowledged: r1 holds it
+        store.proceed.set()  # ... and then its store fails for good
+        while not leader.fenced:
+            await asyncio.sleep(0.001)
+        with pytest.raises(PartitionFenced):
+            await leader.send(rows(REPLICATED, "m1"), dedup=False)
+        assert 0 in link.replicas["r1"].held.segments  # never released
+
+        successor = promote(root, REPLICATED, link.replicas["r1"].promote())
+        assert bodies(await successor.receive(10, 0.0, None)) == [b"m0"]
+
+    asyncio.run(scenario())
+
+
+# --------------------------------------------------- 2. an epoch's objects land as a prefix
+
+
+def test_what_an_epoch_wrote_lands_as_a_prefix():
+    # F7: the writer stores one object at a time, in key order, whatever the timing:
+    # a later object never lands before an earlier one.
+    started: list[int] = []
+    release = {0: asyncio.Event(), 1: asyncio.Event()}
+
+    async def run_blocking(call: Any, *args: Any) -> Any:
+        started.append(args[0])
+        await release[args[0]].wait()
+        return call(*args)
+
+    async def scenario() -> None:
+        writer = OrderedWriter(
+            Settlement(), run_blocking, retry=True, fatal=True, on_stored=lambda key: None, on_fatal=lambda e: None
+        )
+        first = writer.submit(0, lambda key: key, 0)
+        second = writer.submit(1, lambda key: key, 1)
+        release[1].set()
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert started == [0] and not second.done()
+        release[0].set()
+        assert await first == 0 and await second == 1
+        assert started == [0, 1]
+
+    asyncio.run(scenario())
+
+
+def test_a_retried_write_whose_first_attempt_landed_is_the_same_write(tmp_path):
+    # A write acknowledged before it was stored is retried after a storage error; its
+    # first attempt may have landed (the reply was lost): that is success, not a conflict.
+    attempts = 0
+
+    async def run_blocking(call: Any, *args: Any) -> Any:
+        nonlocal attempts
+        attempts += 1
+        result = call(*args)
+        if attempts == 1:
+            raise StorageUnavailable("put", "segments/x", "reply lost")
+        return result
+
+    async def scenario() -> None:
+        store = ObjectStore(f"file://{tmp_path}")
+        writer = OrderedWriter(
+            Settlement(), run_blocking, retry=True, fatal=True, on_stored=lambda key: None, on_fatal=pytest.fail
+        )
+        await writer.submit(0, store.put_once, "segments/x", b"payload")
+        assert attempts == 2 and store.get("segments/x") == b"payload"
+
+    asyncio.run(scenario())
+
+
+# -------------------------------------------------- 4. the in-sync set is the coordinator's fact
+
+
+def test_a_write_is_acknowledged_unstored_only_if_a_recorded_replica_holds_it():
+    async def scenario() -> None:
+        link = Link("r1")
+        replicas = ReplicaSet(link, acknowledging=True)
+        link.report_in_sync = _never  # type: ignore[method-assign]  # the coordinator has not answered
+        await replicas.attach(["r1"], HeldWrites)
+        assert replicas.in_sync() == 1
+        assert not await replicas.segment(_batch(0))  # held, but nobody may promote r1 yet
+
+    asyncio.run(scenario())
+
+
+def test_a_failed_replica_counts_until_the_coordinator_recorded_it_left(tmp_path):
+    # F5: the leader acknowledges without a replica only once the coordinator recorded
+    # that it left, and reports it only once what it may hold is stored.
+    async def scenario() -> None:
+        link = Link("r1", "r2")
+        link.coordinator_answers = False  # a replaced leader: the coordinator refuses
+        replicas = ReplicaSet(link, acknowledging=True)
+        await replicas.attach(["r1", "r2"], HeldWrites)
+        await asyncio.sleep(0)
+        link.failing.add("r2")
+        assert not await replicas.segment(_batch(0))
+        await asyncio.sleep(0)
+        assert link.lost_reports == [["r2"]]
+        assert not await replicas.segment(_batch(1))  # refused: r2 still counts, storage decides
+
+    asyncio.run(scenario())
+
+
+def test_every_live_replica_refuses_a_replaced_leader_once_fenced():
+    replica = ReplicaState("r2")
+    replica.hold_segment(3, _batch(0))
+    replica.fence(4)  # the coordinator promoted another replica under epoch 4
+    with pytest.raises(PartitionFenced):
+        replica.hold_segment(3, _batch(1))
+    with pytest.raises(PartitionFenced):
+        replica.hold_deletes(3, 0, np.array([0]))
+
+
+def test_a_release_carries_its_epoch_and_a_stale_one_is_ignored():
+    # F12: a late release from a replaced leader must not drop what the new one sent.
+    replica = ReplicaState("r1")
+    replica.hold_segment(5, _batch(7))
+    replica.release(4, 100, 100)
+    assert 7 in replica.held.segments
+    replica.release(5, 100, 100)
+    assert replica.held.segments == {}
+
+
+def test_a_promoted_replica_takes_no_more_writes():
+    replica = ReplicaState("r1")
+    replica.hold_segment(1, _batch(0))
+    held = replica.promote()
+    assert list(held.segments) == [0]
+    with pytest.raises(PartitionFenced):
+        replica.hold_segment(1, _batch(1))
+
+
+# ------------------------------------------------------------------ 7. nothing gets stuck
+
+
+def test_nothing_gets_stuck_two_failed_delete_attempts_leave_the_message_visible():
+    # F10: a retried delete while the first attempt is still being stored; both fail.
+    log = PartitionLog(0, quota=10, retention_s=3600, dedup_window_s=300)
+    segment = log.stamp(rows(STORED, "m"), now=100.0)
+    log.publish(segment, "segments/0")
+    delivery = log.receive(1, 100.0, 30.0)
+    offsets, tokens = delivery.column("offset").to_numpy(), delivery.column("token").to_numpy()
+    first = log.prepare_delete(offsets, tokens, ["r"])
+    second = log.prepare_delete(offsets, tokens, ["r"])
+    log.abort_delete(first)
+    log.abort_delete(second)
+    assert log.receive(1, 131.0, 30.0).num_rows == 1
+
+
+# --------------------------------------------------------- 8. deliveries can be attributed
+
+
+def test_deliveries_carry_the_epoch_of_the_leader_that_served_them(tmp_path):
+    root = f"file://{tmp_path}"
+
+    async def scenario() -> None:
+        first = promote(root, STORED)
+        await first.send(rows(STORED, "m"), dedup=False)
+        assert (await first.receive(1, 0.0, 0.0)).column("epoch").to_pylist() == [first.epoch]
+        second = promote(root, STORED)
+        assert (await second.receive(1, 0.0, 0.0)).column("epoch").to_pylist() == [second.epoch]
+        assert second.epoch > first.epoch
+
+    asyncio.run(scenario())
+
+
+def _batch(first: int) -> pa.RecordBatch:
+    log = PartitionLog(0, quota=10, retention_s=3600, dedup_window_s=300)
+    log.next_offset = first
+    return log.stamp(rows(STORED, "x"), now=100.0)
+
+
+async def _never(replica: str) -> bool:
+    await asyncio.Event().wait()
+    return False
