@@ -236,39 +236,34 @@ class ReplicaSet:
         the leader's memory is then the only other copy: they are reported only once
         everything written so far is stored, so that no promotion is ever short of them."""
         await self.stored()
-        delay = 0.1
-        while True:
-            try:
-                recorded = await self._link.report_lost(names)
-            except Exception as error:
-                log.warning("reporting lost replicas %s failed (%s); retrying", names, error)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
-                continue
-            if recorded:
-                self._leaving.difference_update(names)
-            # Refused: this leader was replaced. They stay: it acknowledges only what it stores
-            # (and storage fences it).
-            return
+        if await _answer(lambda: self._link.report_lost(names), f"lost replicas {names}", lambda: True):
+            self._leaving.difference_update(names)
+        # Refused: this leader was replaced. They stay: it acknowledges only what it stores
+        # (and storage fences it).
 
     async def _record_in_sync(self, name: str) -> None:
-        delay = 0.1
-        while name in self._in_sync:
-            try:
-                recorded = await self._link.report_in_sync(name)
-            except Exception as error:
-                log.warning("reporting replica %s in sync failed (%s); retrying", name, error)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
-                continue
-            if recorded and name in self._in_sync:
-                self._recorded.add(name)
-            return
+        recorded = await _answer(lambda: self._link.report_in_sync(name), f"replica {name} in sync", lambda: name in self._in_sync)
+        if recorded and name in self._in_sync:
+            self._recorded.add(name)
 
     def _report(self, report: Any) -> None:
         task = asyncio.ensure_future(report)
         self._reports.add(task)  # kept until done: the loop holds tasks only weakly
         task.add_done_callback(self._reports.discard)
+
+
+async def _answer(ask: Callable[[], Awaitable[bool]], what: str, wanted: Callable[[], bool]) -> bool:
+    """The coordinator's answer to a report, asked again (with backoff) while it cannot be
+    reached and the report still matters; False if it stopped mattering."""
+    delay = 0.1
+    while wanted():
+        try:
+            return await ask()
+        except Exception as error:
+            log.warning("reporting %s failed (%s); retrying", what, error)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+    return False
 
 
 async def _nothing() -> None:
