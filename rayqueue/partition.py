@@ -429,8 +429,8 @@ class PartitionService:
         floor is in the snapshot's deleted ranges."""
         if self.fenced:
             return
-        segments, deleted = self._log.live_segments(self._clock())
         next_offset, seq = self._floors()
+        segments, deleted = self._log.live_segments(self._clock(), next_offset)
         checkpoint = Checkpoint(seq=seq, epoch=self.epoch, next_offset=next_offset, segments=segments, deleted=deleted)
         since, dropped = self._since_checkpoint, self._log.dropped_segments
         try:

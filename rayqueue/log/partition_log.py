@@ -153,6 +153,8 @@ class PartitionLog:
         self.dropped_segments = 0
         #: Emptied segments kept for the dedup window: (name, first, end, until), oldest first.
         self._retained: deque[tuple[str, int, int, float]] = deque()
+        #: Emptied segments a checkpoint's floor has not passed yet: (name, first, end).
+        self._emptied: list[tuple[str, int, int]] = []
         #: The epoch of the leader this log serves under (stamped on every delivery).
         self.epoch = 0
 
@@ -491,20 +493,30 @@ class PartitionLog:
         del self._firsts[index]
         self._cursor = max(self._cursor, chunk.end)
         self.dropped_segments += 1
+        self._emptied.append((chunk.segment, chunk.first, chunk.end))
         if chunk.dedup_until:
             self._retain(chunk)
 
     def _retain(self, chunk: Chunk) -> None:
         self._retained.append((chunk.segment, chunk.first, chunk.end, chunk.dedup_until))
 
-    def live_segments(self, now: float) -> tuple[tuple[str, ...], tuple[tuple[int, int], ...]]:
-        """For a checkpoint: the segments to keep (those holding live messages, and
-        emptied ones still inside the dedup window), and the deleted offsets within
-        them as ``[start, stop)`` ranges."""
+    def live_segments(self, now: float, floor: int) -> tuple[tuple[str, ...], tuple[tuple[int, int], ...]]:
+        """For a checkpoint whose offset floor is ``floor``: the segments to keep (those
+        holding live messages, emptied ones still inside the dedup window, and emptied
+        ones at or above the floor), and the deleted offsets within them as ``[start,
+        stop)`` ranges.
+
+        A segment at or above the floor is loaded by recovery whether it is listed or not
+        (it may not have been stored when the checkpoint was taken), so its deletes must
+        be in the checkpoint even once every message in it is gone: the delete logs
+        that held them are folded and removed."""
         while self._retained and self._retained[0][3] <= now:
             self._retained.popleft()
-        names = [name for name, *_ in self._retained]
-        ranges = [(first, end) for _, first, end, _ in self._retained]
+        self._emptied = [entry for entry in self._emptied if entry[1] >= floor]
+        emptied = {name: (first, end) for name, first, end, _ in self._retained}
+        emptied.update({name: (first, end) for name, first, end in self._emptied})
+        names = list(emptied)
+        ranges = list(emptied.values())
         for chunk in self._chunks:
             flags = np.concatenate(([False], chunk.deleted, [False])).astype(np.int8)
             edges = np.flatnonzero(np.diff(flags))

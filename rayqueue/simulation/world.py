@@ -63,6 +63,7 @@ class Faults:
     replica_error: float = 0.03  # a replica call fails before it acts
     replica_lost_reply: float = 0.02  # ... or acts, and the leader sees a failure
     max_delay_s: float = 0.02  # every request and reply takes up to this long
+    slow_storage: float = 0.05  # ... and a storage call now and then far longer (up to 2 s)
 
 
 @dataclass
@@ -204,6 +205,9 @@ class Node:
 
     async def run_blocking(self, call: Callable[..., T], *args: Any) -> T:
         """A storage call from this process: its request and reply take time."""
+        world = self.world
+        if world.chance(world.faults.slow_storage):
+            await asyncio.sleep(world.random.uniform(0.2, 2.0))
         await self.world.delay()
         self.check_alive()
         result = call(*args)

@@ -186,6 +186,46 @@ def test_a_write_acknowledged_before_it_is_stored_is_never_forgotten(tmp_path):
     asyncio.run(scenario())
 
 
+class SlowSegmentStore(PartitionStore):
+    """Segment writes wait for ``proceed``; delete logs go straight through."""
+
+    proceed = threading.Event()
+
+    def write_segment(self, batch: pa.RecordBatch) -> str:
+        self.proceed.wait(10)
+        return super().write_segment(batch)
+
+
+def test_a_checkpoint_keeps_the_deletes_of_an_emptied_segment_above_its_floor(tmp_path):
+    # Found by chaos (replicas mode, a node removed): m0 is acknowledged by the replica,
+    # received and deleted while its segment is still being stored; the delete log is
+    # stored, folded by a checkpoint and removed. The segment lands later, above the
+    # checkpoint's floor, so recovery loads it: the checkpoint must still say m0 is deleted.
+    root = f"file://{tmp_path}"
+
+    async def scenario() -> None:
+        link = Link("r1")
+        replicas = ReplicaSet(link, acknowledging=True)
+        store = SlowSegmentStore(ObjectStore(root), "q", 0, "u")
+        leader = PartitionService(REPLICATED, 0, store, replicas=replicas, checkpoint_every=1)
+        leader.recover()
+        await replicas.attach(["r1"], leader.unstored)
+        await asyncio.sleep(0)
+        await leader.send(rows(REPLICATED, "m0"), dedup=False)
+        taken = await leader.receive(1, 0.0, None)
+        await leader.delete(taken.column("offset").to_numpy(), taken.column("token").to_numpy(), [])
+        await leader._delete_writer.drained()  # the delete log is stored...
+        await leader.checkpoint()  # ... folded into a checkpoint, and removed
+        store.proceed.set()
+        while leader.unstored().segments:
+            await asyncio.sleep(0.001)  # m0's segment lands
+
+        successor = promote(root, REPLICATED, link.replicas["r1"].promote())
+        assert bodies(await successor.receive(10, 0.0, None)) == []
+
+    asyncio.run(scenario())
+
+
 # --------------------------------------------------- 2. an epoch's objects land as a prefix
 
 
