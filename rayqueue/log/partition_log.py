@@ -174,12 +174,16 @@ class PartitionLog:
             self._last_sent_at = max(self._last_sent_at, float(chunk.sent_at[-1]))
             self._remember(batch.column("id").to_pylist(), float(chunk.sent_at[-1]), now)
             self.next_offset = max(self.next_offset, chunk.end)
+            # A recovered segment may hold ids a producer will send again (a retry whose
+            # first attempt landed): it stays on storage for the dedup window, emptied or
+            # not, so that a later leader still recognises them.
+            if chunk.sent_at[-1] + self.dedup_window_s > now:
+                chunk.dedup_until = float(chunk.sent_at[-1]) + self.dedup_window_s
             if chunk.live:
                 self._add_chunk(chunk)
                 self._fresh += chunk.live
                 self._evict_over_budget()
-            elif chunk.sent_at[-1] + self.dedup_window_s > now:
-                chunk.dedup_until = float(chunk.sent_at[-1]) + self.dedup_window_s
+            elif chunk.dedup_until:
                 self._retain(chunk)
 
     def finish_load(self, next_offset: int, now: float) -> None:
