@@ -93,6 +93,13 @@ class ReplicaState:
         held, self.held = self.held, HeldWrites()
         return held
 
+    def stay(self, held: HeldWrites) -> None:
+        """The takeover failed (storage, say): hold ``held`` again, as a replica. No newer
+        leader's writes were refused meanwhile that it should have taken: it refused them
+        all, so that leader counts it out of sync."""
+        self.promoted = False
+        self.held = held
+
     def _follow(self, epoch: int) -> None:
         if self.promoted or epoch < self.leader_epoch:
             raise PartitionFenced(self._name, epoch)

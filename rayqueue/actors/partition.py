@@ -111,7 +111,12 @@ class PartitionActor:
             metrics=RayPartitionMetrics(self._config.name, self._partition),
             replicas=replicas if self._config.replicas else None,
         )
-        service.recover(self._replica.promote())
+        held = self._replica.promote()
+        try:
+            service.recover(held)
+        except BaseException:
+            self._replica.stay(held)  # a promotion that failed leaves a replica holding what it held
+            raise
         service.on_fenced = self._fenced
         self._replicas = replicas
         self._service = service

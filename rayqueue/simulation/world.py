@@ -172,8 +172,9 @@ class World:
             return True
         controller = self.controller
         keepers = {name for name in controller.in_sync if self.nodes[name].alive}
-        if controller.leader is not None and controller.leader.alive:
-            keepers.add(controller.leader.name)
+        leader = controller.leader
+        if leader is not None and leader.alive and leader.service is not None and not leader.service.fenced:
+            keepers.add(leader.name)  # a fenced leader is on its way out
         return bool(keepers - {node.name})
 
     def new_node(self, role: str) -> Node:
@@ -233,8 +234,7 @@ class Node:
         try:
             service.recover(held)
         except BaseException:
-            self.replica.held = held  # not taken over: still holds it (a retry may promote it again)
-            self.replica.promoted = False
+            self.replica.stay(held)  # as the actor does: a retry may promote it again
             raise
         self.service = service
 
