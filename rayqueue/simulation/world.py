@@ -173,7 +173,8 @@ class World:
         controller = self.controller
         keepers = {name for name in controller.in_sync if self.nodes[name].alive}
         leader = controller.leader
-        if leader is not None and leader.alive and leader.service is not None and not leader.service.fenced:
+        replacing = controller.replacing  # a leader being failed over has failed, whether it runs or not
+        if leader is not None and leader.alive and leader.service is not None and not leader.service.fenced and not replacing:
             keepers.add(leader.name)  # a fenced leader is on its way out
         return bool(keepers - {node.name})
 
@@ -353,6 +354,8 @@ class Controller:
         self.replicas: list[str] = []
         self.in_sync: set[str] = set()
         self.route_version = 0
+        #: A failover is under way (the old leader counts as failed).
+        self.replacing = False
 
     def replica_in_sync(self, leader: str, replica: str) -> bool:
         if self.leader is None or leader != self.leader.name or replica not in self.replicas:
@@ -392,6 +395,13 @@ class Controller:
 
     def fail_over(self, reason: str) -> None:
         """Replace the current leader (dead, or only suspected: then it lives on as a zombie)."""
+        self.replacing = True
+        try:
+            self._fail_over(reason)
+        finally:
+            self.replacing = False
+
+    def _fail_over(self, reason: str) -> None:
         world = self._world
         old = self.leader
         alive = [name for name in self.replicas if world.nodes[name].alive]
@@ -508,7 +518,8 @@ class Client:
                 continue  # not deleted: it comes back after its visibility timeout
             world.delete_attempted.update(ids)
             try:
-                await self.leader().call(
+                target = self.leader()
+                await target.call(
                     "delete", delivery.column("offset").to_numpy(), delivery.column("token").to_numpy(), []
                 )
             except InvalidReceipt:
@@ -518,7 +529,7 @@ class Client:
                 continue
             for message_id in ids:
                 world.delete_acked_at.setdefault(message_id, world.clock.now)
-            world.note(f"{self.name} deleted {ids}")
+            world.note(f"{self.name} deleted {ids} at {target.name}")
 
 
 async def _chaos(world: World) -> None:
@@ -536,7 +547,7 @@ async def _chaos(world: World) -> None:
                 continue
             world.note(f"crash {victim}")
             world.nodes[victim].crash()
-        elif action == "zombie" and controller.leader is not None and controller.leader.alive:
+        elif action == "zombie" and controller.leader is not None and controller.leader.alive and world.may_crash(controller.leader):
             zombie = controller.leader
             controller.fail_over(f"false suspicion of {zombie.name}")
             if controller.leader is not zombie:  # replaced: Ray's kill lands, eventually
