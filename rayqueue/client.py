@@ -372,11 +372,12 @@ class Queue:
         start = next(self._round_robin)
         order = [(start + i) % partitions for i in range(partitions)]
         deliveries, failed = yield from self._receive_each(order, max_messages, visibility_s)
-        if deliveries or (wait_s <= 0 and len(failed) < partitions):
+        if deliveries or (wait_s <= 0 and not failed):
             return deliveries
         if wait_s <= 0:
-            # Every partition failed and nothing is held: wait for one as a
-            # single-partition receive does (it raises PartitionUnavailable in the end).
+            # Nothing is held and a partition failed (it may hold the only messages left):
+            # wait for it as a single-partition receive does, rather than answer "empty"
+            # (it raises PartitionUnavailable in the end).
             (delivery,) = yield Calls([Call(failed[0], "receive", (max_messages, 0.0, visibility_s))])
             return [(failed[0], delivery)] if delivery.num_rows else []
         return (yield from self._long_poll(max_messages, wait_s, visibility_s))
