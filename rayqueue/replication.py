@@ -183,7 +183,9 @@ class ReplicaSet:
         return sorted(self._in_sync)
 
     def in_sync(self) -> int:
-        return len(self._in_sync)
+        """Replicas in sync that a failover may promote: with acknowledging replicas,
+        those the coordinator has recorded; standbys hold nothing, so any of them."""
+        return len(self._recorded) if self._acknowledging else len(self._in_sync)
 
     def on_leader_node(self) -> int:
         return self._link.on_leader_node(self.names())
