@@ -122,9 +122,18 @@ def choose_auth_mode(target: RayTarget) -> None:
     if "RAY_AUTH_MODE" in os.environ:
         return
     if target.address is None:
-        os.environ["RAY_AUTH_MODE"] = defaults.RAY_AUTH_MODE
+        _set_auth_mode(defaults.RAY_AUTH_MODE)
     elif target.source not in ("argument", "RAY_ADDRESS") and _token_exists():
-        os.environ["RAY_AUTH_MODE"] = "token"
+        _set_auth_mode("token")
+
+
+def _set_auth_mode(mode: str) -> None:
+    os.environ["RAY_AUTH_MODE"] = mode
+    # Ray's core reads its config once per process: refresh it, as Ray does when it
+    # turns token authentication on itself (authentication_token_setup._enable_token_auth).
+    from ray._raylet import Config
+
+    Config.initialize("")
 
 
 def _token_exists() -> bool:

@@ -58,6 +58,9 @@ def test_an_address_is_resolved_as_ray_does(ray_temp: Path, monkeypatch: pytest.
 
 
 def test_a_fresh_local_ray_gets_an_explicit_auth_mode(monkeypatch: pytest.MonkeyPatch):
+    import ray._raylet
+
+    monkeypatch.setattr(ray._raylet.Config, "initialize", lambda *_: None)  # this process's Ray config stays
     monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
     session.choose_auth_mode(session.RayTarget(None, "none"))
     import os
