@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 from pathlib import Path
 
@@ -58,17 +59,19 @@ def test_an_address_is_resolved_as_ray_does(ray_temp: Path, monkeypatch: pytest.
 
 
 def test_a_fresh_local_ray_gets_an_explicit_auth_mode(monkeypatch: pytest.MonkeyPatch):
-    import ray._raylet
+    set_modes: list[str] = []
 
-    monkeypatch.setattr(ray._raylet.Config, "initialize", lambda *_: None)  # this process's Ray config stays
+    def set_mode(mode: str) -> None:  # without refreshing this test process's Ray config
+        set_modes.append(mode)
+        monkeypatch.setenv("RAY_AUTH_MODE", mode)
+
+    monkeypatch.setattr(session, "_set_auth_mode", set_mode)
     monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
     session.choose_auth_mode(session.RayTarget(None, "none"))
-    import os
-
-    assert os.environ["RAY_AUTH_MODE"] == "token"
+    assert os.environ["RAY_AUTH_MODE"] == "token" and set_modes == ["token"]
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     session.choose_auth_mode(session.RayTarget(None, "none"))
-    assert os.environ["RAY_AUTH_MODE"] == "disabled"  # the user's choice stands
+    assert os.environ["RAY_AUTH_MODE"] == "disabled" and set_modes == ["token"]  # the user's choice stands
 
 
 def test_local_storage_that_cannot_be_written_is_refused(tmp_path: Path):
