@@ -62,7 +62,11 @@ if TYPE_CHECKING:
 def __getattr__(name: str) -> Any:
     module = _EXPORTS.get(name)
     if module is None:
-        raise AttributeError(f"module 'rayqueue' has no attribute {name!r}")
+        # a submodule, as an eager __init__ would have made it: rayqueue.errors.QueueFull
+        try:
+            return importlib.import_module(f"rayqueue.{name}")
+        except ModuleNotFoundError:
+            raise AttributeError(f"module 'rayqueue' has no attribute {name!r}") from None
     value = getattr(importlib.import_module(module), name)
     globals()[name] = value  # found directly from now on
     return value
