@@ -21,6 +21,7 @@ import hashlib
 import sys
 import threading
 import time
+import traceback
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -95,7 +96,10 @@ def worker(queue: rayqueue.Queue, batch: int, idle_s: float, work_s: float) -> T
 def report_progress(queue: rayqueue.Queue, stop: threading.Event) -> None:
     started = time.monotonic()
     while not stop.wait(PROGRESS_EVERY_S):
-        stats = queue.stats()
+        try:
+            stats = queue.stats()
+        except Exception:  # noqa: BLE001 - progress is best effort; the job's own calls report failures
+            continue
         print(
             f"  {time.monotonic() - started:6.1f}s  visible {stats.visible:>10,}  in flight {stats.in_flight:>7,}",
             flush=True,
@@ -138,6 +142,7 @@ def summarize(queue: rayqueue.Queue, tallies: list[Tally], seconds: float) -> di
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    started_ray = not ray.is_initialized()
     try:
         client = rayqueue.connect(storage=args.storage)
         queue = client.get_queue(args.queue)
@@ -145,9 +150,13 @@ def main(argv: list[str] | None = None) -> int:
         summary = consume(queue, args)
         if args.delete_queue:
             client.delete_queue(queue.name)
-    except rayqueue.RayQueueError as error:
-        print(f"consumer: error: {error}", file=sys.stderr, flush=True)
+    except BaseException as error:  # noqa: BLE001 - report any failure, then shut down
+        traceback.print_exc()
+        print(f"consumer: error: {type(error).__name__}: {error}", file=sys.stderr, flush=True)
         return 1
+    finally:
+        if started_ray and ray.is_initialized():
+            ray.shutdown()  # consume() joined its thread first
     print_summary(summary, args.json)
     return 0 if summary["failed"] == 0 else 1
 

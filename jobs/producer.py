@@ -18,6 +18,7 @@ import argparse
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from typing import Any
 
@@ -62,7 +63,10 @@ def bodies(size: int) -> Callable[[pa.Table], pa.Table]:
 def report_progress(queue: rayqueue.Queue, stop: threading.Event) -> None:
     started = time.monotonic()
     while not stop.wait(PROGRESS_EVERY_S):
-        stats = queue.stats()
+        try:
+            stats = queue.stats()
+        except Exception:  # noqa: BLE001 - progress is best effort; the job's own calls report failures
+            continue
         print(f"  {time.monotonic() - started:6.1f}s  in the queue: {stats.stored:>10,}", flush=True)
 
 
@@ -88,9 +92,22 @@ def produce(queue: rayqueue.Queue, args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def report_failure(error: BaseException, args: argparse.Namespace) -> None:
+    """The traceback, then what is known so far (a batch that returned is stored; see the queue's stats)."""
+    traceback.print_exc()
+    print(f"producer: error: {type(error).__name__}: {error}", file=sys.stderr, flush=True)
+    print(
+        f"producer: of {args.messages:,} messages for {args.queue!r}, each batch that returned is stored; "
+        f"`rayqueue describe {args.queue}` shows what the queue holds",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     ray.data.DataContext.get_current().enable_progress_bars = False  # our own progress lines instead
+    started_ray = not ray.is_initialized()
     try:
         client = rayqueue.connect(storage=args.storage)
         queue = client.create_queue(
@@ -98,9 +115,12 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(f"producing {args.messages:,} messages of {args.size:,} bytes into {queue.name!r}", flush=True)
         summary = produce(queue, args)
-    except rayqueue.RayQueueError as error:
-        print(f"producer: error: {error}", file=sys.stderr, flush=True)
+    except BaseException as error:  # noqa: BLE001 - report any failure with what is known
+        report_failure(error, args)
         return 1
+    finally:
+        if started_ray and ray.is_initialized():
+            ray.shutdown()  # produce() joined its thread first
     print_summary(summary, args.json)
     return 0 if summary["messages_sent"] == args.messages else 1
 

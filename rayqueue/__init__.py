@@ -6,42 +6,71 @@
     q.send(b"hello")
     for m in q.receive(max_messages=10, wait_s=1.0):
         q.delete(m.receipt)
+
+The names below are imported on first use (PEP 562), so that ``import rayqueue.config``
+or the ``rayqueue`` command's argument checks do not pay for importing Ray and Arrow.
 """
 
-from rayqueue.client import Client, Queue, connect
-from rayqueue.config import QueueConfig
-from rayqueue.errors import (
-    InvalidArgument,
-    InvalidReceipt,
-    MessageTooLarge,
-    PartitionUnavailable,
-    QueueAlreadyExists,
-    QueueFull,
-    QueueNotFound,
-    RayQueueError,
-    StorageMismatch,
-    StorageUnavailable,
-)
-from rayqueue.message import Message, PartitionStats, QueueStats
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "Client",
-    "InvalidArgument",
-    "InvalidReceipt",
-    "Message",
-    "MessageTooLarge",
-    "PartitionStats",
-    "PartitionUnavailable",
-    "Queue",
-    "QueueAlreadyExists",
-    "QueueConfig",
-    "QueueFull",
-    "QueueNotFound",
-    "QueueStats",
-    "RayQueueError",
-    "StorageMismatch",
-    "StorageUnavailable",
-    "connect",
-]
+#: Each public name and the module that defines it.
+_EXPORTS = {
+    "Client": "rayqueue.client",
+    "Queue": "rayqueue.client",
+    "connect": "rayqueue.client",
+    "QueueConfig": "rayqueue.config",
+    "InvalidArgument": "rayqueue.errors",
+    "InvalidReceipt": "rayqueue.errors",
+    "MessageTooLarge": "rayqueue.errors",
+    "PartitionUnavailable": "rayqueue.errors",
+    "QueueAlreadyExists": "rayqueue.errors",
+    "QueueFull": "rayqueue.errors",
+    "QueueNotFound": "rayqueue.errors",
+    "RayQueueError": "rayqueue.errors",
+    "StorageMismatch": "rayqueue.errors",
+    "StorageUnavailable": "rayqueue.errors",
+    "Message": "rayqueue.message",
+    "PartitionStats": "rayqueue.message",
+    "QueueStats": "rayqueue.message",
+}
+
+__all__ = sorted(_EXPORTS)
+
+if TYPE_CHECKING:
+    from rayqueue.client import Client, Queue, connect
+    from rayqueue.config import QueueConfig
+    from rayqueue.errors import (
+        InvalidArgument,
+        InvalidReceipt,
+        MessageTooLarge,
+        PartitionUnavailable,
+        QueueAlreadyExists,
+        QueueFull,
+        QueueNotFound,
+        RayQueueError,
+        StorageMismatch,
+        StorageUnavailable,
+    )
+    from rayqueue.message import Message, PartitionStats, QueueStats
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        # a submodule, as an eager __init__ would have made it: rayqueue.errors.QueueFull
+        try:
+            return importlib.import_module(f"rayqueue.{name}")
+        except ModuleNotFoundError:
+            raise AttributeError(f"module 'rayqueue' has no attribute {name!r}") from None
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # found directly from now on
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

@@ -6,14 +6,17 @@
     rayqueue describe orders --json                   # settings and stats, for scripts
     rayqueue receive orders --max 10 --wait 2 --delete
     rayqueue purge orders && rayqueue delete orders
+    rayqueue top                                      # live view: rates, backlog, replicas
     rayqueue bench --runs 1                           # runs jobs/bench.py
 
-It attaches to the Ray cluster at ``--address`` (or ``RAY_ADDRESS``, or the one
-``ray start`` left running here), or starts a local Ray for the one command;
-queues live on ``--storage`` (or ``RAYQUEUE_STORAGE``), so they outlast it.
-Output is for people by default and one JSON document with ``--json``.
-Exit codes: 0 done, 1 a rayqueue or Ray error (the message on standard error
-names it), 2 bad usage (unknown options, invalid names or values).
+It attaches to the Ray cluster at --address (or RAY_ADDRESS, or the one
+`ray start --head` left running here), or starts a local Ray for the one command
+(several seconds; a `ray start --head` makes each command take about one);
+queues live on --storage (or RAYQUEUE_STORAGE), so they outlast it.
+Output is for people by default and one JSON document with --json, errors
+included: {"error": {"type": ..., "message": ..., "exit_code": ...}} on standard
+output. Exit codes: 0 done, 1 a rayqueue or Ray error (the message names it),
+2 bad usage (unknown options, invalid names or values), checked before Ray starts.
 
 Each command is an action that returns a plain dict, and the dict is rendered
 either as JSON or by the command's human formatter: the two never disagree.
@@ -27,17 +30,19 @@ import importlib.util
 import json
 import logging
 import os
-import socket
 import sys
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NoReturn
 
-import ray
-
+# Only light modules here (rayqueue imports its parts on first use): the argument
+# checks run before Ray and Arrow are imported, let alone started.
 import rayqueue
-from rayqueue import InvalidArgument, RayQueueError
+from rayqueue import defaults
+from rayqueue.config import QueueConfig, check_queue_name
+from rayqueue.errors import InvalidArgument, RayQueueError
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 #: Defaults of ``create`` (the Python API has none for these two).
@@ -47,8 +52,10 @@ DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024
 BATCH = 1000
 #: Bodies per send_batch call stay under rayqueue's 64 MiB per call.
 MAX_BATCH_BYTES = 64 * 1024 * 1024
-#: How long to try reaching a Ray address before saying it is not there.
-CONNECT_TIMEOUT_S = 3.0
+#: Seconds between two refreshes of ``top``.
+TOP_INTERVAL_S = 1.0
+#: Clears a terminal and puts the cursor top left (``top`` redraws in place on a terminal).
+CLEAR_SCREEN = "\x1b[H\x1b[2J"
 
 Result = dict[str, Any]
 
@@ -58,28 +65,39 @@ Result = dict[str, Any]
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command; return its exit code."""
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(json_errors="--json" in argv)
     args, extra = parser.parse_known_args(argv)
     if args.command != "bench" and extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    as_json = bool(getattr(args, "json", False))
     try:
         if args.command == "bench":
             return run_bench(parser, args, extra)
+        check_arguments(args)  # before Ray: a bad name is refused at once
+        if args.command == "top" and not as_json:
+            return run_top(connect(args), args)
         result = ACTIONS[args.command](connect(args), args)
     except InvalidArgument as error:
-        return fail(EXIT_USAGE, explain(error))
+        return fail(EXIT_USAGE, error, as_json)
     except RayQueueError as error:
-        return fail(EXIT_ERROR, explain(error))
+        return fail(EXIT_ERROR, error, as_json)
     except ConnectionError as error:
-        return fail(EXIT_ERROR, f"cannot reach Ray: {error}")
+        return fail(EXIT_ERROR, RayQueueError(f"cannot reach Ray: {error}"), as_json)
     except KeyboardInterrupt:
-        return fail(130, "interrupted")
-    print(json.dumps(result) if args.json else FORMATTERS[args.command](result), flush=True)
+        return fail(130, RayQueueError("interrupted"), as_json)
+    print(json.dumps(result) if as_json else FORMATTERS[args.command](result), flush=True)
     return EXIT_OK
 
 
-def fail(code: int, message: str) -> int:
-    print(f"rayqueue: error: {message}", file=sys.stderr, flush=True)
+def fail(code: int, error: Exception, as_json: bool = False) -> int:
+    """Report ``error``: one JSON document on standard output with --json, else a line on standard error."""
+    message = explain(error)
+    if as_json:
+        document = {"error": {"type": type(error).__name__, "message": message, "exit_code": code}}
+        print(json.dumps(document), flush=True)
+    else:
+        print(f"rayqueue: error: {message}", file=sys.stderr, flush=True)
     return code
 
 
@@ -87,51 +105,77 @@ def explain(error: Exception) -> str:
     return "; ".join([str(error), *getattr(error, "__notes__", ())])
 
 
+def check_arguments(args: argparse.Namespace) -> None:
+    """Everything that can be checked without Ray; raises InvalidArgument (exit 2)."""
+    if getattr(args, "name", None) is not None:
+        check_queue_name(args.name)
+    if args.command == "create":
+        QueueConfig.build(name=args.name, **create_settings(args))
+    if args.command == "send" and args.batch < 1:
+        raise InvalidArgument(f"--batch ({args.batch}) must be at least 1")
+    if args.command == "receive" and not 1 <= args.max <= defaults.MAX_BATCH_MESSAGES:
+        raise InvalidArgument(f"--max ({args.max}) must be from 1 to {defaults.MAX_BATCH_MESSAGES:,}")
+    if args.command == "receive" and not 0 <= args.wait <= defaults.MAX_WAIT_S:
+        raise InvalidArgument(f"--wait ({args.wait}) must be from 0 to {defaults.MAX_WAIT_S:g} seconds")
+    if args.command == "top" and args.interval <= 0:
+        raise InvalidArgument(f"--interval ({args.interval}) must be more than 0 seconds")
+
+
 def connect(args: argparse.Namespace) -> rayqueue.Client:
-    """Join Ray quietly (worker logs would mix with our output), then rayqueue."""
-    address = args.address or os.environ.get("RAY_ADDRESS")
-    if not ray.is_initialized():
-        check_reachable(address)
-        ray.init(
-            address=address,
-            namespace=args.namespace,
-            include_dashboard=False,
-            log_to_driver=False,
-            logging_level=logging.WARNING,
-        )
-    return rayqueue.connect(args.address, storage=args.storage, namespace=args.namespace)
+    """Join Ray quietly (worker logs would mix with our output), then rayqueue.
 
+    A dead address (RAY_ADDRESS, or the file a crashed Ray leaves) fails within
+    seconds with what to do, instead of Ray's retries (see rayqueue.actors.session)."""
+    from rayqueue.actors import session
+    from rayqueue.client import connect as connect_client
 
-def check_reachable(address: str | None) -> None:
-    """Fail fast on a ``host:port`` nobody listens at: Ray itself retries it for minutes."""
-    host, sep, port = (address or "").rpartition(":")
-    if not sep or "://" in address or not port.isdigit():
-        return  # "auto", "local", ray://... and None: Ray's own handling
-    try:
-        socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
-    except OSError as error:
-        raise ConnectionError(f"nothing answers at {address} ({error.strerror or error})") from None
+    session.ensure_ray(
+        args.address,
+        args.namespace,
+        include_dashboard=False,
+        log_to_driver=False,
+        logging_level=logging.WARNING,
+    )
+    return connect_client(args.address, storage=args.storage, namespace=args.namespace)
 
 
 # ----------------------------------------------------------------- the parser
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+class Parser(argparse.ArgumentParser):
+    """argparse, with usage errors as one JSON document when --json was given."""
+
+    json_errors = False
+
+    def error(self, message: str) -> NoReturn:
+        if self.json_errors:
+            fail(EXIT_USAGE, InvalidArgument(f"{self.prog}: {message}"), as_json=True)
+            sys.exit(EXIT_USAGE)
+        super().error(message)
+
+
+def build_parser(json_errors: bool = False) -> argparse.ArgumentParser:
+    Parser.json_errors = json_errors
+    parser = Parser(
         prog="rayqueue",
-        description=__doc__.split("\n\nEach command")[0],
+        description=plain(__doc__.split("\n\nEach command")[0]),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"rayqueue {rayqueue.__version__}")
     add_common(parser, top=True)  # real defaults at the top level
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
     for name, (helptext, arguments) in COMMANDS.items():
-        common = argparse.ArgumentParser(add_help=False)
+        common = Parser(add_help=False)
         # bench passes --json FILE on to bench.py and runs in the default namespace
         add_common(common, top=False, connection_only=name == "bench")
         sub = commands.add_parser(name, help=helptext, description=helptext, parents=[common])
         arguments(sub)
     return parser
+
+
+def plain(text: str) -> str:
+    """Docstring markup out of help text: ``name`` reads as name on a terminal."""
+    return text.replace("``", "")
 
 
 def add_common(parser: argparse.ArgumentParser, *, top: bool, connection_only: bool = False) -> None:
@@ -156,6 +200,16 @@ def create_arguments(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--visibility-timeout", type=float, default=None, metavar="S", help="seconds (default 30)")
     sub.add_argument("--retention", type=float, default=None, metavar="S", help="seconds (default 4 days)")
     sub.add_argument("--durability", choices=("storage", "replicas"), default=None, help="default storage")
+
+
+def top_arguments(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("--interval", type=float, default=TOP_INTERVAL_S, metavar="S", help="refresh every S seconds")
+    sub.add_argument("--iterations", type=int, default=None, metavar="N", help="stop after N refreshes")
+    sub.epilog = (
+        "Rates are over the last interval: sent/s from the partitions' send counters, deleted/s as "
+        "sent minus the change in stored messages. With --json: one snapshot (rates over one "
+        "interval), then exit."
+    )
 
 
 def name_argument(sub: argparse.ArgumentParser) -> None:
@@ -184,20 +238,21 @@ def bench_arguments(sub: argparse.ArgumentParser) -> None:
 # ---------------------------------------------------------------- the actions
 
 
-def create(client: rayqueue.Client, args: argparse.Namespace) -> Result:
-    existed = args.name in client.list_queues()
+def create_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """create's options as create_queue's keyword arguments (those not given are left out)."""
     optional = {
         "partitions": args.partitions,
         "visibility_timeout_s": args.visibility_timeout,
         "retention_s": args.retention,
         "durability": args.durability,
     }
-    queue = client.create_queue(
-        args.name,
-        max_messages=args.max_messages,
-        max_message_bytes=args.max_message_bytes,
-        **{key: value for key, value in optional.items() if value is not None},
-    )
+    given = {key: value for key, value in optional.items() if value is not None}
+    return {"max_messages": args.max_messages, "max_message_bytes": args.max_message_bytes, **given}
+
+
+def create(client: rayqueue.Client, args: argparse.Namespace) -> Result:
+    existed = args.name in client.list_queues()
+    queue = client.create_queue(args.name, **create_settings(args))
     return {"queue": queue.name, "created": not existed, "config": settings(queue)}
 
 
@@ -213,8 +268,6 @@ def describe(client: rayqueue.Client, args: argparse.Namespace) -> Result:
 
 def send(client: rayqueue.Client, args: argparse.Namespace) -> Result:
     queue = client.get_queue(args.name)
-    if args.batch < 1:
-        raise InvalidArgument(f"--batch ({args.batch}) must be at least 1")
     if not args.bodies and sys.stdin.isatty():
         print("reading message bodies from standard input, one per line (Ctrl-D ends)", file=sys.stderr)
     bodies = [body.encode() for body in args.bodies] if args.bodies else stdin_lines(sys.stdin.buffer)
@@ -251,6 +304,80 @@ def delete(client: rayqueue.Client, args: argparse.Namespace) -> Result:
     return {"queue": args.name, "deleted": True}
 
 
+class Top:
+    """Samples every queue's stats; rates come from the difference of two samples."""
+
+    def __init__(self, client: rayqueue.Client) -> None:
+        self._client = client
+        self._queues: dict[str, rayqueue.Queue] = {}
+        self._last: dict[str, tuple[float, int, int]] = {}  # name -> (time, sent_total, stored)
+
+    def sample(self) -> Result:
+        names = sorted(self._client.list_queues())
+        rows = []
+        for name in names:
+            try:
+                rows.append(self._row(name))
+            except rayqueue.QueueNotFound:  # deleted since the listing
+                self._queues.pop(name, None)
+        self._last = {name: self._last[name] for name in names if name in self._last}
+        return {"queues": rows, "at": time.time()}
+
+    def _row(self, name: str) -> dict[str, Any]:
+        queue = self._queues.get(name) or self._queues.setdefault(name, self._client.get_queue(name))
+        stats = queue.stats()
+        now = time.monotonic()
+        sent_total = sum(p.sent_total for p in stats.partitions)
+        previous = self._last.get(name)
+        self._last[name] = (now, sent_total, stats.stored)
+        send_rate = delete_rate = None
+        if previous is not None and now > previous[0]:
+            seconds = now - previous[0]
+            # sent_total restarts from 0 with a new leader: a drop is no negative rate
+            sent = max(0, sent_total - previous[1])
+            send_rate = sent / seconds
+            delete_rate = max(0, sent - (stats.stored - previous[2])) / seconds
+        config = queue.config
+        return {
+            "queue": name,
+            "partitions": len(stats.partitions),
+            "send_per_s": None if send_rate is None else round(send_rate, 1),
+            "delete_per_s": None if delete_rate is None else round(delete_rate, 1),
+            "visible": stats.visible,
+            "in_flight": stats.in_flight,
+            "stored": stats.stored,
+            "stored_bytes": stats.stored_bytes,
+            "replicas_in_sync": sum(p.replicas_in_sync for p in stats.partitions),
+            "replicas": config.replicas * len(stats.partitions),
+        }
+
+
+def top(client: rayqueue.Client, args: argparse.Namespace) -> Result:
+    """One snapshot, rates over one interval (for --json)."""
+    sampler = Top(client)
+    sampler.sample()
+    time.sleep(args.interval)
+    return sampler.sample()
+
+
+def run_top(client: rayqueue.Client, args: argparse.Namespace) -> int:
+    """Redraw every ``--interval`` seconds until Ctrl-C (or ``--iterations``)."""
+    sampler = Top(client)
+    clear = CLEAR_SCREEN if sys.stdout.isatty() else ""
+    done = 0
+    try:
+        while args.iterations is None or done < args.iterations:
+            started = time.monotonic()
+            frame = format_top(sampler.sample())
+            print(f"{clear}{frame}\n", flush=True)
+            done += 1
+            if args.iterations is None or done < args.iterations:
+                time.sleep(max(0.0, args.interval - (time.monotonic() - started)))
+    except KeyboardInterrupt:
+        pass
+    return EXIT_OK
+
+
 def run_bench(parser: argparse.ArgumentParser, args: argparse.Namespace, extra: list[str]) -> int:
     """Run jobs/bench.py's ``main`` in this process; its exit code is ours."""
     if args.json or args.namespace != "rayqueue":
@@ -261,7 +388,9 @@ def run_bench(parser: argparse.ArgumentParser, args: argparse.Namespace, extra: 
         looked = ", ".join(str(path) for path in candidates)
         return fail(
             EXIT_ERROR,
-            f"no benchmark script found (looked for {looked}); run from a rayqueue checkout or pass --script",
+            RayQueueError(
+                f"no benchmark script found (looked for {looked}); run from a rayqueue checkout or pass --script"
+            ),
         )
     bench = load_module(script)
     if args.address:
@@ -278,6 +407,7 @@ ACTIONS: dict[str, Callable[[rayqueue.Client, argparse.Namespace], Result]] = {
     "receive": receive,
     "purge": purge,
     "delete": delete,
+    "top": top,
 }
 
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
@@ -288,6 +418,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
     "receive": ("receive messages, and delete them with --delete", receive_arguments),
     "purge": ("delete every visible message (receive and delete until empty)", name_argument),
     "delete": ("delete a queue and its stored data", name_argument),
+    "top": ("a live view of every queue: rates, backlog, in flight, replicas (Ctrl-C ends)", top_arguments),
     "bench": ("run the benchmark, jobs/bench.py", bench_arguments),
 }
 
@@ -411,6 +542,33 @@ def format_delete(result: Result) -> str:
     return f"deleted queue {result['queue']!r}"
 
 
+def format_top(result: Result) -> str:
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(result["at"]))
+    if not result["queues"]:
+        return f"rayqueue top  {stamp}\nno queues"
+    header = ("queue", "parts", "sent/s", "deleted/s", "visible", "in flight", "stored", "stored MB", "in sync")
+    rows = [header]
+    for q in result["queues"]:
+        rows.append(
+            (
+                q["queue"],
+                str(q["partitions"]),
+                rate(q["send_per_s"]),
+                rate(q["delete_per_s"]),
+                f"{q['visible']:,}",
+                f"{q['in_flight']:,}",
+                f"{q['stored']:,}",
+                f"{q['stored_bytes'] / 1e6:,.1f}",
+                f"{q['replicas_in_sync']}/{q['replicas']}" if q["replicas"] else "-",
+            )
+        )
+    return f"rayqueue top  {stamp}  ({plural(len(result['queues']), 'queue')})\n" + columns(rows, right_from=1)
+
+
+def rate(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.0f}"
+
+
 FORMATTERS: dict[str, Callable[[Result], str]] = {
     "create": format_create,
     "list": format_list,
@@ -419,18 +577,30 @@ FORMATTERS: dict[str, Callable[[Result], str]] = {
     "receive": format_receive,
     "purge": format_purge,
     "delete": format_delete,
+    "top": format_top,
 }
 
 
 def table(pairs: Iterable[tuple[str, Any]]) -> str:
-    """``key  value`` lines, indented, numbers with thousands separators."""
-    return "\n".join(f"  {key:<22}{value:,}" if is_number(value) else f"  {key:<22}{value}" for key, value in pairs)
+    """``key  value`` lines, indented, the values in one column (two spaces after the
+    longest key), numbers with thousands separators."""
+    pairs = list(pairs)
+    width = max((len(key) for key, _ in pairs), default=0) + 2
+    shown = [(key, f"{value:,}" if is_number(value) else str(value)) for key, value in pairs]
+    return "\n".join(f"  {key:<{width}}{value}" for key, value in shown)
 
 
-def columns(rows: list[tuple[str, ...]]) -> str:
-    """Rows as left-aligned columns; the last column is not padded."""
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
-    return "\n".join("  ".join([*(cell.ljust(w) for cell, w in zip(row, widths)), row[-1]]) for row in rows)
+def columns(rows: list[tuple[str, ...]], right_from: int | None = None) -> str:
+    """Rows as columns, left-aligned (right-aligned from column ``right_from`` on, for
+    numbers); the last column is not padded when left-aligned."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+
+    def cell(i: int, text: str) -> str:
+        if right_from is not None and i >= right_from:
+            return text.rjust(widths[i])
+        return text if i == len(widths) - 1 else text.ljust(widths[i])
+
+    return "\n".join("  ".join(cell(i, text) for i, text in enumerate(row)) for row in rows)
 
 
 def printable(message: dict[str, Any]) -> str:

@@ -93,3 +93,12 @@ REPLICA_TIMEOUT_S = 5.0
 
 #: Catalog versions kept on storage besides the newest (older ones are removed).
 CATALOG_VERSIONS_KEPT = 3
+
+#: How long connect() and the CLI wait for a Ray address to answer before saying
+#: that nothing does (Ray itself retries a dead address for minutes).
+RAY_CONNECT_TIMEOUT_S = 3.0
+#: Ray's authentication mode for a Ray that rayqueue starts or finds itself when
+#: RAY_AUTH_MODE is unset: Ray's own default, chosen explicitly (so Ray prints no warning).
+RAY_AUTH_MODE = "token"
+#: How long the storage check before a coordinator starts retries errors that may pass.
+STORAGE_CHECK_S = 3.0
