@@ -77,8 +77,17 @@ async def replicated_leader(root: str, link: Link, **options: Any) -> PartitionS
     service = PartitionService(REPLICATED, 0, PartitionStore(ObjectStore(root), "q", 0, "u"), replicas=replicas, **options)
     service.recover()
     await replicas.attach(list(link.replicas), service.unstored)
-    await asyncio.sleep(0)  # the in-sync report is answered
+    await recorded(replicas, len(link.replicas))
     return service
+
+
+async def recorded(replicas: ReplicaSet, count: int) -> None:
+    """Let the in-sync reports be answered (they run in the background)."""
+    for _ in range(100):
+        if replicas.in_sync() >= count:
+            return
+        await asyncio.sleep(0)
+    raise AssertionError(f"only {replicas.in_sync()} of {count} replicas recorded in sync")
 
 
 def promote(root: str, config: QueueConfig, held: HeldWrites | None = None) -> PartitionService:
@@ -103,8 +112,12 @@ def test_floors_only_pass_what_is_stored_and_published_replicas_mode(tmp_path):
         taken = await leader.receive(1, 0.0, None)
         link.gate = asyncio.Event()
         sending = asyncio.ensure_future(leader.send(rows(REPLICATED, "m1"), dedup=False))
-        while leader.unstored().segments:  # m1's store finished; it is not published yet
+        while 1 not in link.replicas["r1"].held.segments:  # the replica holds m1...
             await asyncio.sleep(0.001)
+        while leader.unstored().segments:  # ... m1's store finished; it is not published yet
+            await asyncio.sleep(0.001)
+        await asyncio.sleep(0.01)
+        assert not sending.done()
         assert 1 in link.replicas["r1"].held.segments  # not released: not settled
         await leader.delete(taken.column("offset").to_numpy(), taken.column("token").to_numpy(), [])
         if leader._checkpointing is not None:
@@ -171,7 +184,7 @@ def test_a_write_acknowledged_before_it_is_stored_is_never_forgotten(tmp_path):
         leader = PartitionService(REPLICATED, 0, store, replicas=replicas, checkpoint_every=1)
         leader.recover()
         await replicas.attach(["r1"], leader.unstored)
-        await asyncio.sleep(0)
+        await recorded(replicas, 1)
         await leader.send(rows(REPLICATED, "m0"), dedup=False)  # acknowledged: r1 holds it
         store.proceed.set()  # ... and then its store fails for good
         while not leader.fenced:
@@ -210,7 +223,7 @@ def test_a_checkpoint_keeps_the_deletes_of_an_emptied_segment_above_its_floor(tm
         leader = PartitionService(REPLICATED, 0, store, replicas=replicas, checkpoint_every=1)
         leader.recover()
         await replicas.attach(["r1"], leader.unstored)
-        await asyncio.sleep(0)
+        await recorded(replicas, 1)
         await leader.send(rows(REPLICATED, "m0"), dedup=False)
         taken = await leader.receive(1, 0.0, None)
         await leader.delete(taken.column("offset").to_numpy(), taken.column("token").to_numpy(), [])
@@ -304,10 +317,13 @@ def test_a_failed_replica_counts_until_the_coordinator_recorded_it_left(tmp_path
         link.coordinator_answers = False  # a replaced leader: the coordinator refuses
         replicas = ReplicaSet(link, acknowledging=True)
         await replicas.attach(["r1", "r2"], HeldWrites)
-        await asyncio.sleep(0)
+        await recorded(replicas, 2)
         link.failing.add("r2")
         assert not await replicas.segment(_batch(0))
-        await asyncio.sleep(0)
+        for _ in range(100):
+            if link.lost_reports:
+                break
+            await asyncio.sleep(0)
         assert link.lost_reports == [["r2"]]
         assert not await replicas.segment(_batch(1))  # refused: r2 still counts, storage decides
 
