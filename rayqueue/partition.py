@@ -25,7 +25,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
 
 import numpy as np
 import pyarrow as pa

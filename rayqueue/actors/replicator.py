@@ -3,7 +3,6 @@ direct channel: the transport under ``rayqueue.replication.ReplicaSet``."""
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import pyarrow as pa
@@ -12,8 +11,6 @@ import ray
 from rayqueue import defaults
 from rayqueue.actors import channel
 from rayqueue.actors.calls import call_coordinator_async
-
-log = logging.getLogger(__name__)
 
 
 class RayReplicaLink:
