@@ -155,7 +155,7 @@ class PartitionActor:
     async def attach_replicas(self, replicas: dict[str, Any]) -> None:
         """Replicate to these replicas (by actor name) from now on; see ReplicaSet."""
         if self._service is not None and self._config.replicas:
-            self._link.attach(replicas)
+            await self._link.attach(replicas)
             await self._replicas.attach(list(replicas), self._service.unstored)
 
     def fence(self, epoch: int) -> None:

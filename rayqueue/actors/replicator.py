@@ -3,6 +3,7 @@ direct channel: the transport under ``rayqueue.replication.ReplicaSet``."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pyarrow as pa
@@ -29,16 +30,17 @@ class RayReplicaLink:
         self._nodes: dict[str, str] = {}
         self._node = ray.get_runtime_context().get_node_id()
 
-    def attach(self, replicas: dict[str, Any]) -> None:
-        """The actor handles of the replicas, by name (from the coordinator)."""
+    async def attach(self, replicas: dict[str, Any]) -> None:
+        """The actor handles of the replicas, by name (from the coordinator), and their nodes."""
         self._handles = dict(replicas)
+        unknown = [name for name in replicas if name not in self._nodes]
+        nodes = await asyncio.gather(*(replicas[name].node_id.remote() for name in unknown), return_exceptions=True)
+        self._nodes.update({name: node for name, node in zip(unknown, nodes) if isinstance(node, str)})
 
     async def hold(self, replica: str, method: str, args: tuple[Any, ...]) -> None:
         handle = self._handles[replica]
         bulky = any(isinstance(arg, pa.RecordBatch) and arg.nbytes >= defaults.BULKY_CALL_BYTES for arg in args)
         await channel.call_async(handle, method, args, bulky=bulky)
-        if replica not in self._nodes:
-            self._nodes[replica] = await handle.node_id.remote()
 
     def release(self, replica: str, epoch: int, offset_floor: int, seq_floor: int) -> None:
         handle = self._handles.get(replica)

@@ -248,11 +248,12 @@ def test_malformed_or_forged_receipts_are_invalid(queue, receipt):
 def test_forged_token_on_a_real_message_is_invalid(queue):
     queue.send(b"x")
     (message,) = queue.receive(1)
-    partition, offset, _token = message.receipt.split(".")
+    partition, epoch, offset, token = message.receipt.split(".")
+    forged = int(token) ^ 1 or 2  # well formed, not the token the partition handed out
     with pytest.raises(InvalidReceipt):
-        queue.delete(f"{partition}.{offset}.abc")
+        queue.delete(f"{partition}.{epoch}.{offset}.{forged}")
     with pytest.raises(InvalidReceipt):
-        queue.delete(f"{partition}.{int(offset) + 50}.abc")
+        queue.delete(f"{partition}.{epoch}.{int(offset) + 50}.{token}")
     assert queue.stats().in_flight == 1
 
 
