@@ -314,6 +314,10 @@ class Coordinator:
         self._broken: dict[str, Broken] = {}
         self._load()
         self._routes: dict[str, Route] = {}
+        #: Queues handles have asked for since this coordinator started: the health check
+        #: watches these, whether or not their route could be built the last time (a
+        #: failover drops the cached route; a failed rebuild must not end the watch).
+        self._in_use: set[str] = set()
         #: Time each failover took, from its start to the new leader serving (for reports).
         self.failover_seconds: list[float] = []
         self._scaling: dict[str, Scaling] = {}
@@ -348,6 +352,7 @@ class Coordinator:
         Raises PartitionUnavailable if a partition's leader cannot be found or
         promoted now; the caller reports it and retries."""
         record = self._record(name)
+        self._in_use.add(name)
         route = self._routes.get(name)
         if route is not None and route.uid == record.uid:
             return route
@@ -426,6 +431,7 @@ class Coordinator:
 
         self._change(remove)
         self._routes.pop(name, None)
+        self._in_use.discard(name)
         self._launcher.stop(removed[0])
         # Cut short here (a crash), the prefix is an orphan: sweep_orphans removes it.
         self._store.delete_prefix(queue_prefix(name, removed[0].uid))
@@ -522,15 +528,15 @@ class Coordinator:
         and one partition's failure does not stop the others."""
         names = [
             actor
-            for name in self._routes
+            for name in self._in_use
             if name in self._queues
             for placement in self._queues[name].placements
             for actor in (placement.leader, *placement.replicas)
         ]
         dead = self._launcher.dead(names) if names else set()
-        for name in list(self._routes):
+        for name in sorted(self._in_use):
             try:
-                if self._heal(name, dead):
+                if self._heal(name, dead) or name not in self._routes:
                     self.route(name)  # starts new actors, hands replicas to their leaders
             except Exception:
                 log.exception("health check of queue %s failed; retrying at the next one", name)
@@ -682,7 +688,7 @@ class Coordinator:
     def autoscale(self, now: float) -> None:
         """Sample the load of every queue that may scale, and grow or shrink it as the
         policy says; finish retiring partitions that have drained."""
-        for name in list(self._routes):
+        for name in sorted(self._in_use):
             record = self._queues.get(name)
             if record is None or not record.config.scales:
                 continue

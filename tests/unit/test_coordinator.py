@@ -840,3 +840,27 @@ def test_a_retiring_partition_with_messages_left_stays_until_drained(storage_url
 
     drive(coord, launcher, rate=0, backlog=0, seconds=10, start=now)
     assert len(coord._queues["orders"].placements) == 1
+
+
+def test_a_queue_whose_route_could_not_be_rebuilt_stays_watched(storage_url):
+    # Found by chaos: a failover drops the cached route; when rebuilding it failed (a
+    # storage outage, a leader gone meanwhile), the health check no longer looked at the
+    # queue at all, and a leader that died later was never replaced.
+    launcher = FakeLauncher()
+    coord = coordinator(storage_url, launcher)
+    coord.create_queue(config(partitions=2, replicas=1))
+    first = coord.route("orders").partitions[0]
+
+    def fail_once() -> None:
+        raise PartitionUnavailable("orders", 1, "storage refused the change")
+
+    launcher.dead_actors.add(first)
+    launcher.before_start = fail_once
+    coord.check_health()  # fails partition 0 over; rebuilding the route fails
+    second = coord._queues["orders"].placements[1].leader
+    launcher.dead_actors.add(second)  # no handle asks for the route meanwhile
+    coord.check_health()
+
+    leaders = [placement.leader for placement in coord._queues["orders"].placements]
+    assert second not in leaders and first not in leaders
+    assert all(launcher.alive(leader) for leader in leaders)
