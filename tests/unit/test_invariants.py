@@ -72,9 +72,12 @@ class Link:
         return 0
 
 
-async def replicated_leader(root: str, link: Link, **options: Any) -> PartitionService:
+async def replicated_leader(
+    root: str, link: Link, store: type[PartitionStore] = PartitionStore, **options: Any
+) -> PartitionService:
+    """A leader with durability "replicas" over ``link``'s replicas, once they are recorded in sync."""
     replicas = ReplicaSet(link, acknowledging=True)
-    service = PartitionService(REPLICATED, 0, PartitionStore(ObjectStore(root), "q", 0, "u"), replicas=replicas, **options)
+    service = PartitionService(REPLICATED, 0, store(ObjectStore(root), "q", 0, "u"), replicas=replicas, **options)
     service.recover()
     await replicas.attach(list(link.replicas), service.unstored)
     await recorded(replicas, len(link.replicas))
@@ -160,8 +163,10 @@ def test_floors_only_pass_what_is_stored_and_published_storage_mode(tmp_path):
 class OnceFailingStore(PartitionStore):
     """The first segment write fails for good (not a transient error), once ``proceed`` is set."""
 
-    failed = False
-    proceed = threading.Event()
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.failed = False
+        self.proceed = threading.Event()
 
     def write_segment(self, batch: pa.RecordBatch) -> str:
         if not self.failed:
@@ -179,12 +184,8 @@ def test_a_write_acknowledged_before_it_is_stored_is_never_forgotten(tmp_path):
 
     async def scenario() -> None:
         link = Link("r1")
-        replicas = ReplicaSet(link, acknowledging=True)
-        store = OnceFailingStore(ObjectStore(root), "q", 0, "u")
-        leader = PartitionService(REPLICATED, 0, store, replicas=replicas, checkpoint_every=1)
-        leader.recover()
-        await replicas.attach(["r1"], leader.unstored)
-        await recorded(replicas, 1)
+        leader = await replicated_leader(root, link, OnceFailingStore, checkpoint_every=1)
+        store = leader._store
         await leader.send(rows(REPLICATED, "m0"), dedup=False)  # acknowledged: r1 holds it
         store.proceed.set()  # ... and then its store fails for good
         while not leader.fenced:
@@ -202,7 +203,9 @@ def test_a_write_acknowledged_before_it_is_stored_is_never_forgotten(tmp_path):
 class SlowSegmentStore(PartitionStore):
     """Segment writes wait for ``proceed``; delete logs go straight through."""
 
-    proceed = threading.Event()
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.proceed = threading.Event()
 
     def write_segment(self, batch: pa.RecordBatch) -> str:
         self.proceed.wait(10)
@@ -218,12 +221,8 @@ def test_a_checkpoint_keeps_the_deletes_of_an_emptied_segment_above_its_floor(tm
 
     async def scenario() -> None:
         link = Link("r1")
-        replicas = ReplicaSet(link, acknowledging=True)
-        store = SlowSegmentStore(ObjectStore(root), "q", 0, "u")
-        leader = PartitionService(REPLICATED, 0, store, replicas=replicas, checkpoint_every=1)
-        leader.recover()
-        await replicas.attach(["r1"], leader.unstored)
-        await recorded(replicas, 1)
+        leader = await replicated_leader(root, link, SlowSegmentStore, checkpoint_every=1)
+        store = leader._store
         await leader.send(rows(REPLICATED, "m0"), dedup=False)
         taken = await leader.receive(1, 0.0, None)
         await leader.delete(taken.column("offset").to_numpy(), taken.column("token").to_numpy(), [])
