@@ -519,6 +519,70 @@ def explain(ledger: Ledger, timeline: list[tuple[float, str, int]], started: flo
         print(f"[{at - started:8.3f} s] {what}", file=sys.stderr, flush=True)
 
 
+def report_losses(queue: rayqueue.Queue, storage: Storage, ledger: Ledger) -> None:
+    """On stderr: the lost messages per partition, the partitions' state now, and where
+    on storage the lost messages are (kept for inspection: the storage is not removed)."""
+    lost: dict[int, set[str]] = defaultdict(set)
+    with ledger.lock:
+        for message_id, (partition, at) in ledger.acknowledged.items():
+            if message_id not in ledger.deliveries:
+                lost[partition].add(message_id)
+    for partition, ids in sorted(lost.items()):
+        print(f"partition {partition}: {len(ids)} lost", file=sys.stderr, flush=True)
+    try:
+        for stats in queue.stats().partitions:
+            print(f"partition state now: {stats}", file=sys.stderr, flush=True)
+    except Exception as error:
+        print(f"no partition state: {type(error).__name__}: {error}", file=sys.stderr, flush=True)
+    try:
+        locate_lost(storage, queue.name, lost)
+    except Exception as error:
+        print(f"could not search storage: {type(error).__name__}: {error}", file=sys.stderr, flush=True)
+    storage.keep = True
+
+
+# ---------------------------------------------------------------- forensics
+
+
+def locate_lost(storage: Storage, queue_name: str, lost: dict[int, set[str]]) -> None:
+    """On stderr: where each partition's lost messages are on storage, if anywhere.
+
+    For each partition with losses: its fences, its checkpoints, and every segment
+    and delete log that holds (or names the offset of) a lost message, with the
+    fences that exclude it. Tells "never stored" from "stored, then not recovered"."""
+    from rayqueue.storage import format
+    from rayqueue.storage.objects import ObjectStore
+
+    root = ObjectStore(storage.url, storage.options)
+    prefixes = sorted({name.split("/")[1] for name in root.list("queues/") if name.split("/")[1].startswith(f"{queue_name}.")})
+    for prefix in prefixes:
+        for partition, ids in sorted(lost.items()):
+            store = root.child(f"queues/{prefix}/{partition}")
+            say = lambda text: print(f"[storage p{partition}] {text}", file=sys.stderr, flush=True)  # noqa: E731
+            fences = []
+            for name in store.list("epochs/"):
+                if name.endswith(".json"):
+                    fence = format.decode_json(store.get(name), name, "fence")
+                    fences.append(fence)
+                    say(f"fence {name}: {fence}")
+            say(f"checkpoints: {store.list('checkpoints/')}")
+            found: dict[int, str] = {}
+            for name in store.list("segments/"):
+                table = format.decode_segment(store.get(name), name)
+                first, epoch = format.parse_object_name(name.split("/")[-1])
+                hits = [(o, i) for o, i in zip(table.column("offset").to_pylist(), table.column("id").to_pylist()) if i in ids]
+                excluded = [f["epoch"] for f in fences if epoch < f["epoch"] and first >= f["next_offset"]]
+                if hits:
+                    found.update(hits)
+                    say(f"segment {name}: {table.num_rows} rows, {len(hits)} lost ids, offsets {hits[0][0]}..{hits[-1][0]}"
+                        f"{f', EXCLUDED by fences of epochs {excluded}' if excluded else ''}")
+            for name in store.list("deletes/"):
+                offsets = set(format.decode_deletes(store.get(name), name).tolist()) & set(found)
+                if offsets:
+                    say(f"delete log {name} names {len(offsets)} lost offsets, e.g. {sorted(offsets)[:3]}")
+            say(f"{len(ids)} lost, {len(found)} of them in a stored segment, {len(ids) - len(found)} nowhere on storage")
+
+
 def coordinator_failovers(namespace: str) -> list[float]:
     """The coordinator's own failover times (empty if it cannot be asked)."""
     try:
@@ -561,6 +625,8 @@ def run(
         clients.stop()
     summary.update(verdict(ledger))
     explain(ledger, chaos.timeline, started)
+    if summary["lost"]:
+        report_losses(queue, storage, ledger)
     summary["failover_median_s"], summary["failover_worst_s"] = median_and_worst(coordinator_failovers(args.namespace))
     resumed = send_resumed(ledger, chaos.leader_deaths)
     summary["send_resumed_median_s"], summary["send_resumed_worst_s"] = median_and_worst(resumed)

@@ -7,11 +7,13 @@ queued) and return once the write may be acknowledged, or raise.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import numpy as np
 import pyarrow as pa
 
+from rayqueue import defaults
 from rayqueue.replication import ReplicaSet
 
 
@@ -46,20 +48,27 @@ class StorageFirst:
 
 class ReplicasFirst:
     """``durability="replicas"``: a write is acknowledged once every replica of the
-    in-sync set holds it (or, failing that, once it is stored); the ordered writer
-    stores it in the background, and replicas let go of what is settled."""
+    in-sync set holds it, and the ordered writer stores it in the background;
+    replicas let go of what is settled. It is acknowledged once stored instead when
+    the replicas cannot hold it, or when more than ``max_unstored`` writes wait to be
+    stored (``unstored`` counts them): storage that falls behind slows producers down,
+    rather than growing what only the replicas hold without bound."""
 
     acknowledges_unstored = True
 
-    def __init__(self, replicas: ReplicaSet) -> None:
+    def __init__(
+        self, replicas: ReplicaSet, unstored: Callable[[], int], max_unstored: int = defaults.MAX_UNSTORED_WRITES
+    ) -> None:
         self._replicas = replicas
+        self._unstored = unstored
+        self._max_unstored = max_unstored
 
     async def segment(self, batch: pa.RecordBatch, stored: asyncio.Future[Any]) -> None:
-        if not await self._replicas.segment(batch):
+        if not await self._replicas.segment(batch) or self._unstored() > self._max_unstored:
             await stored
 
     async def deletes(self, seq: int, offsets: np.ndarray, stored: asyncio.Future[Any]) -> None:
-        if not await self._replicas.deletes(seq, offsets):
+        if not await self._replicas.deletes(seq, offsets) or self._unstored() > self._max_unstored:
             await stored
 
     def settled(self, offset_floor: int, seq_floor: int) -> None:

@@ -75,7 +75,11 @@ class PartitionService:
         self._replicas = replicas
         self._run_blocking = run_blocking
         acknowledging = config.durability == "replicas" and replicas is not None
-        self._durability: Durability = ReplicasFirst(replicas) if acknowledging and replicas else StorageFirst()
+        self._durability: Durability = (
+            ReplicasFirst(replicas, lambda: len(self._segment_writer) + len(self._delete_writer))
+            if acknowledging and replicas
+            else StorageFirst()
+        )
         self._log = PartitionLog(
             partition,
             quota=config.partition_quota(partition),
@@ -114,6 +118,8 @@ class PartitionService:
             replicas.stored = self._all_stored
         self._leadership = Leadership(lambda: self._run_blocking(self._store.check_leader), self._fence)
         self._since_checkpoint = 0
+        #: The delete floor of this leader's last checkpoint (-1: none yet).
+        self._checkpointed_seq = -1
         self._checkpointing: asyncio.Task[None] | None = None
         self._pending_ids: dict[str, asyncio.Future[None]] = {}
         self._sent_total = 0
@@ -148,6 +154,13 @@ class PartitionService:
             self._replicas.epoch = self.epoch
         self._next_delete_seq = recovered.next_delete_seq
         self.objects_recovered = self._store.objects_read
+        # Rare and decisive for what a partition serves: worth a line in its log.
+        log.warning(
+            "%s partition %d: took over under epoch %d: %d segments up to offset %d, %d deleted offsets, "
+            "held %d segments and %d delete logs",
+            self.config.name, self.partition, self.epoch, len(recovered.segments), self._log.next_offset,
+            len(deleted), len(held.segments) if held else 0, len(held.deletes) if held else 0,
+        )
 
     def _store_held(self, recovered: RecoveredPartition, held: HeldWrites) -> None:
         # Under this leader's epoch. A copy the old leader stored before the takeover was
@@ -426,9 +439,12 @@ class PartitionService:
         log's snapshot (no await between), so every segment below its offset floor is
         in the snapshot or holds nothing live, and every delete log below its sequence
         floor is in the snapshot's deleted ranges."""
-        if self.fenced:
-            return
         next_offset, seq = self._floors()
+        if self.fenced or seq <= self._checkpointed_seq:
+            # Nothing new to fold: a second checkpoint under the same name (its delete
+            # floor and epoch) would be refused, being put-once. The next one removes
+            # what was emptied meanwhile.
+            return
         segments, deleted = self._log.live_segments(self._clock(), next_offset)
         checkpoint = Checkpoint(seq=seq, epoch=self.epoch, next_offset=next_offset, segments=segments, deleted=deleted)
         since, dropped = self._since_checkpoint, self._log.dropped_segments
@@ -442,6 +458,7 @@ class PartitionService:
             return
         self._since_checkpoint -= since
         self._log.dropped_segments -= dropped
+        self._checkpointed_seq = seq
 
     # -------------------------------------------------------------------- state
 

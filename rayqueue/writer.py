@@ -31,6 +31,9 @@ RunBlocking = Callable[..., Awaitable[Any]]
 
 Step = Literal["stored", "applied"]
 
+#: A write slower than this is logged: a leader that cannot store holds everything in memory.
+SLOW_WRITE_S = 5.0
+
 
 class Settlement:
     """Keys handed out but not settled yet. Each waits for two steps: "stored"
@@ -118,6 +121,10 @@ class OrderedWriter:
         if self._queue:
             await asyncio.wait([self._queue[-1].done])
 
+    def __len__(self) -> int:
+        """Writes submitted and not stored yet."""
+        return len(self._queue)
+
     def pending(self) -> dict[int, Any]:
         """Payloads of the writes not stored yet, by key (for a replica catching up)."""
         return {write.key: write.payload for write in self._queue}
@@ -152,7 +159,10 @@ class OrderedWriter:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
                 continue
-            self._on_write_seconds(time.perf_counter() - started)
+            seconds = time.perf_counter() - started
+            self._on_write_seconds(seconds)
+            if seconds > SLOW_WRITE_S:
+                log.warning("storing object %d took %.1f s", write.key, seconds)
             return result
 
     def _fail_all(self, error: BaseException) -> None:

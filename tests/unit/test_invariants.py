@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from rayqueue import defaults
 from rayqueue.config import QueueConfig
 from rayqueue.errors import PartitionFenced, StorageUnavailable
 from rayqueue.log import PartitionLog
@@ -234,6 +235,28 @@ def test_a_checkpoint_keeps_the_deletes_of_an_emptied_segment_above_its_floor(tm
 
         successor = promote(root, REPLICATED, link.replicas["r1"].promote())
         assert bodies(await successor.receive(10, 0.0, None)) == []
+
+    asyncio.run(scenario())
+
+
+def test_what_only_the_replicas_hold_stays_bounded_when_storage_falls_behind(tmp_path):
+    # Found by chaos on S3: a leader whose storage fell behind acknowledged on its
+    # replicas alone, without bound; a promoted replica then had 1,697 segments to store
+    # before it could serve. Past MAX_UNSTORED_WRITES unstored writes, a send waits for storage.
+    root = f"file://{tmp_path}"
+
+    async def scenario() -> None:
+        link = Link("r1")
+        leader = await replicated_leader(root, link, SlowSegmentStore)
+        for n in range(defaults.MAX_UNSTORED_WRITES):  # storage is stuck: the replica's word suffices
+            await asyncio.wait_for(leader.send(rows(REPLICATED, f"m{n}"), dedup=False), 5)
+        late = asyncio.ensure_future(leader.send(rows(REPLICATED, "late"), dedup=False))
+        await asyncio.sleep(0.05)
+        assert not late.done()  # one more would pass the bound: it waits for storage
+        assert len(link.replicas["r1"].held.segments) == defaults.MAX_UNSTORED_WRITES + 1
+        leader._store.proceed.set()
+        await asyncio.wait_for(late, 10)
+        assert bodies(await leader.receive(20, 0.0, None))[-1] == b"late"
 
     asyncio.run(scenario())
 
