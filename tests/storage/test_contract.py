@@ -25,7 +25,8 @@ from rayqueue.partition import PartitionService
 from rayqueue.rows import IdSource, send_rows
 from rayqueue.storage import CatalogStore, ObjectStore, PartitionStore, RecoveredPartition
 from rayqueue.storage.format import SEGMENT_SCHEMA
-from support.seaweed import SeaweedServer, free_ports
+from support.ports import free_ports
+from support.seaweed import SeaweedServer
 
 #: Writers racing for one name, and how many names they race for.
 RACERS = 8

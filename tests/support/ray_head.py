@@ -24,6 +24,8 @@ from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from support.ports import free_ports
+
 #: The ``ray`` command of the interpreter running the tests.
 RAY = str(Path(sys.executable).with_name("ray"))
 
@@ -49,17 +51,6 @@ class RayHead:
     dashboard: str
     #: Environment for every process that talks to this cluster.
     env: dict[str, str]
-
-
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 def cluster_env() -> dict[str, str]:

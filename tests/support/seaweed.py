@@ -24,7 +24,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -35,6 +34,8 @@ from typing import IO, Any
 
 import botocore.config
 import botocore.session
+
+from support.ports import free_ports
 
 #: The key pair the server accepts; having it in the server's environment turns auth on.
 ACCESS_KEY = "testkey"
@@ -73,38 +74,6 @@ def find_weed() -> str:
     return found
 
 
-def free_ports(count: int) -> list[int]:
-    """``count`` distinct ports free on 127.0.0.1 now (the kernel picks them)."""
-    sockets = []
-    try:
-        # Hold every socket open until all are picked, so no port is handed out twice.
-        for _ in range(count):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.bind(("127.0.0.1", 0))
-            sockets.append(sock)
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
-
-
-def free_port_pair(offset: int, avoid: set[int], attempts: int = 100) -> int:
-    """A port ``p`` such that ``p`` and ``p + offset`` are both free and not in ``avoid``."""
-    for _ in range(attempts):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as low:
-            low.bind(("127.0.0.1", 0))
-            port = low.getsockname()[1]
-            if port + offset > 65535 or port in avoid or port + offset in avoid:
-                continue
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as high:
-                try:
-                    high.bind(("127.0.0.1", port + offset))
-                except OSError:
-                    continue
-                return port
-    raise RuntimeError(f"found no free port pair {offset} apart in {attempts} attempts")
-
-
 class SeaweedServer:
     """One ``weed mini`` process serving S3 with auth on; a context manager.
 
@@ -117,7 +86,7 @@ class SeaweedServer:
         self.weed = find_weed()
         ports = free_ports(len(_PORT_FLAGS))
         self.ports = dict(zip(_PORT_FLAGS, ports))
-        self.admin_port = free_port_pair(ADMIN_GRPC_OFFSET, set(ports))
+        (self.admin_port,) = free_ports(1, avoid=ports, offset=ADMIN_GRPC_OFFSET)
         self.endpoint_url = f"http://127.0.0.1:{self.ports['s3.port']}"
         self.log_path = self.data_dir / "weed.log"
         #: Seconds the last start() took, until the bucket existed.
