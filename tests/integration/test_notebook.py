@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
@@ -23,9 +22,7 @@ def test_quickstart_notebook_runs_without_errors(tmp_path: Path):
         timeout=120,  # per cell
         resources={"metadata": {"path": str(tmp_path)}},
     )
-    started = time.monotonic()
     client.execute()  # raises CellExecutionError on the first failing cell
-    assert time.monotonic() - started < 90, "the tour should stay quick"
 
     outputs = [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.get("outputs", [])]
     assert not [output for output in outputs if output.output_type == "error"]
