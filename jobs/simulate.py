@@ -3,6 +3,7 @@
     python jobs/simulate.py                      # 2,000 schedules from seed 0, a summary
     python jobs/simulate.py --seeds 100000 --start 5000 --heavy
     python jobs/simulate.py --seed 1234 --trace  # replay one schedule and print what happened
+    python jobs/simulate.py --coordinator real   # the real Coordinator instead of its model
 
 No Ray, no threads, no real time (see ``rayqueue.simulation``): a schedule takes
 milliseconds, and a failing seed replays exactly. Exits non-zero if any schedule
@@ -17,9 +18,7 @@ import sys
 import time
 
 from rayqueue.simulation import run
-from rayqueue.simulation.world import Faults
-
-HEAVY = Faults(storage_error=0.1, storage_lost_reply=0.08, crash_in_storage=0.02, replica_error=0.1, replica_lost_reply=0.08)
+from rayqueue.simulation.world import HEAVY, Faults
 
 
 def main() -> int:
@@ -30,6 +29,10 @@ def main() -> int:
     parser.add_argument("--trace", action="store_true", help="print the schedule's log")
     parser.add_argument("--heavy", action="store_true", help="more storage and replica faults")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    parser.add_argument(
+        "--coordinator", choices=["model", "real"], default="model",
+        help="the coordinator: a model of its contract, or rayqueue.coordinator.Coordinator itself",
+    )
     args = parser.parse_args()
     faults = HEAVY if args.heavy else Faults()
     seeds = [args.seed] if args.seed is not None else range(args.start, args.start + args.seeds)
@@ -37,7 +40,7 @@ def main() -> int:
     totals = {"schedules": 0, "acknowledged": 0, "deleted": 0, "faults": 0, "failovers": 0, "failed": 0}
     failed = []
     for seed in seeds:
-        outcome = run(seed, faults)
+        outcome = run(seed, faults, coordinator=args.coordinator)
         totals["schedules"] += 1
         for key in ("acknowledged", "deleted", "faults", "failovers"):
             totals[key] += getattr(outcome, key)

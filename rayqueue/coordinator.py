@@ -97,6 +97,11 @@ class Placement:
         )
 
 
+def new_uid() -> str:
+    """A fresh queue uid (12 hex digits)."""
+    return uuid.uuid4().hex[:12]
+
+
 def actor_name(queue: str, uid: str, partition: int, generation: int, shared: bool = False) -> str:
     """A partition instance's name: its actor's, or (shared) its name inside a host actor."""
     return f"{SHARED_PREFIX if shared else 'rayqueue.'}{queue}.{uid}.{partition}.{generation}"
@@ -125,8 +130,8 @@ class QueueRecord:
     retiring: tuple[int, ...] = ()
 
     @classmethod
-    def new(cls, config: QueueConfig) -> QueueRecord:
-        record = cls(config, uuid.uuid4().hex[:12])
+    def new(cls, config: QueueConfig, uid: str | None = None) -> QueueRecord:
+        record = cls(config, uid or new_uid())
         return dataclasses.replace(record, placements=tuple(record.placement_for(p) for p in range(config.partitions)))
 
     def to_json(self) -> dict[str, Any]:
@@ -305,8 +310,12 @@ class PartitionLauncher(Protocol):
 
 
 class Coordinator:
-    def __init__(self, store: ObjectStore, launcher: PartitionLauncher) -> None:
+    def __init__(
+        self, store: ObjectStore, launcher: PartitionLauncher, new_uid: Callable[[], str] = new_uid
+    ) -> None:
+        """``new_uid`` makes each new queue's uid (the simulation's are seeded)."""
         self._store = store
+        self._new_uid = new_uid
         self._catalog = CatalogStore(store)
         self._launcher = launcher
         self._version = 0
@@ -336,7 +345,7 @@ class Coordinator:
         def add(queues: dict[str, QueueRecord]) -> dict[str, QueueRecord] | None:
             existing = queues.get(config.name)
             if existing is None:
-                return {**queues, config.name: QueueRecord.new(config)}
+                return {**queues, config.name: QueueRecord.new(config, self._new_uid())}
             differences = existing.config.differences(config)
             if differences:
                 raise QueueAlreadyExists(config.name, differences)
@@ -559,14 +568,16 @@ class Coordinator:
         return changed
 
     def _fail_over(self, name: str, partition: int, dead: set[str]) -> bool:
-        """If the partition's current leader is in ``dead``: kill it, promote a live
-        promotable replica under a new epoch (the next one if a candidate dies
-        meanwhile), fence every other live replica with that epoch, and only then
-        persist the new placement. With no candidate left, a new leader is started
-        from storage (by the next ``route``). True if the placement changed.
+        """If the partition's current leader is in ``dead``: promote a live promotable
+        replica under a new epoch (the next one if a candidate dies meanwhile), kill
+        the old leader, fence every other live replica with that epoch, and only then
+        persist the new placement. With no candidate left, the old leader is killed and
+        a new one is started from storage (by the next ``route``). True if the
+        placement changed.
 
-        Raises PartitionUnavailable (nothing changed but the old leader's death) if a
-        live candidate could not be promoted, or if storage refused the change."""
+        Raises PartitionUnavailable, with nothing changed, if a live candidate could not
+        be promoted (the old leader is left as it was: if only suspected, it serves on),
+        or if storage refused the change."""
         record = self._queues.get(name)
         if record is None or not 0 <= partition < len(record.placements):
             return False
@@ -574,10 +585,13 @@ class Coordinator:
         if old.leader not in dead:
             return False  # alive, or replaced since the caller's probe
         started = time.monotonic()
-        # A false "dead" verdict must not leave a second leader serving.
-        self._launcher.kill(old.leader)
         dropped = set(dead)
         promoted, epoch = self._promote_one(record, partition, old, dropped)
+        # Only now, with a successor chosen, is the old leader stopped (a false "dead"
+        # verdict must not leave a second leader running). Its successor's epoch fences it
+        # already. Killed before a promotion that then failed, a leader that was only
+        # suspected would take the writes it holds with it, and leave none serving.
+        self._launcher.kill(old.leader)
         if promoted is None:
             new = self._fresh_leader(record, partition, old, dropped)
         else:

@@ -3,10 +3,12 @@
 Processes (``Node``) host the real ``PartitionService`` (leaders) and the real
 ``ReplicaState`` (replicas); the real ``ReplicaSet`` talks to replicas through a
 ``SimLink``; storage is the real ``PartitionStore`` over ``memory://`` with a fault
-hook in every object operation. A ``Controller`` keeps the coordinator's side of
-the failover contract (the in-sync set it records, promotions of in-sync replicas
-only, fencing every live replica before the new leader serves). Clients send,
-receive and delete through possibly stale routes.
+hook in every object operation. The coordinator is either a model of its side
+of the failover contract (``Controller``: the in-sync set it records, promotions
+of in-sync replicas only, fencing every live replica before the new leader
+serves) or the real ``Coordinator`` (``rayqueue.simulation.control``), which
+also crashes and restarts from its catalog. Clients send, receive and delete
+through possibly stale routes, and report failures as handles do.
 
 Faults, all chosen by the seed: delays at every await point (so replies and
 requests reorder), storage errors before an operation and lost replies after it,
@@ -37,6 +39,7 @@ from rayqueue.partition import PartitionService
 from rayqueue.replication import ReplicaSet, ReplicaState
 from rayqueue.rows import send_rows
 from rayqueue.simulation.clock import Stuck, VirtualClock, virtual_loop
+from rayqueue.simulation.control import CoordinatorControl
 from rayqueue.storage import ObjectStore, PartitionStore
 
 T = TypeVar("T")
@@ -64,6 +67,10 @@ class Faults:
     replica_lost_reply: float = 0.02  # ... or acts, and the leader sees a failure
     max_delay_s: float = 0.02  # every request and reply takes up to this long
     slow_storage: float = 0.05  # ... and a storage call now and then far longer (up to 2 s)
+
+
+#: Faults several times as frequent as the default ones.
+HEAVY = Faults(storage_error=0.1, storage_lost_reply=0.08, crash_in_storage=0.02, replica_error=0.1, replica_lost_reply=0.08)
 
 
 @dataclass
@@ -98,7 +105,7 @@ class Outcome:
 
 
 class World:
-    def __init__(self, seed: int, faults: Faults, steps: int) -> None:
+    def __init__(self, seed: int, faults: Faults, steps: int, coordinator: str = "model") -> None:
         self.seed = seed
         self.random = random.Random(seed)
         self.faults = faults
@@ -120,7 +127,12 @@ class World:
         self._names = itertools.count()
         self.outage = False  # storage down for everyone
         self.calm = False  # the final drain: no more injected faults
-        self.controller = Controller(self)
+        #: "model": the coordinator's contract, kept by ``Controller``; "real": the real
+        #: ``Coordinator`` over simulated Ray and storage (``rayqueue.simulation.control``).
+        self.coordinator = coordinator
+        self.controller: Controller | CoordinatorControl = (
+            CoordinatorControl(self) if coordinator == "real" else Controller(self)
+        )
         self.background: set[asyncio.Task[Any]] = set()
         # The model: what clients were told.
         self.acknowledged: set[str] = set()
@@ -171,7 +183,7 @@ class World:
         if self.config.durability != "replicas":
             return True
         controller = self.controller
-        keepers = {name for name in controller.in_sync if self.nodes[name].alive}
+        keepers = {name for name in controller.in_sync if name in self.nodes and self.nodes[name].alive}
         leader = controller.leader
         replacing = controller.replacing  # a leader being failed over has failed, whether it runs or not
         if leader is not None and leader.alive and leader.service is not None and not leader.service.fenced and not replacing:
@@ -179,7 +191,11 @@ class World:
         return bool(keepers - {node.name})
 
     def new_node(self, role: str) -> Node:
-        node = Node(self, f"{role}{next(self._names)}")
+        return self.node_named(f"{role}{next(self._names)}")
+
+    def node_named(self, name: str, uid: str = "u") -> Node:
+        """A new process of this name (the real coordinator names its actors itself)."""
+        node = Node(self, name, uid)
         self.nodes[node.name] = node
         return node
 
@@ -187,7 +203,7 @@ class World:
 class Node:
     """One process: a leader's service, or a replica's state."""
 
-    def __init__(self, world: World, name: str) -> None:
+    def __init__(self, world: World, name: str, uid: str = "u") -> None:
         self.world = world
         self.name = name
         self.alive = True
@@ -195,7 +211,9 @@ class Node:
         self.service: PartitionService | None = None
         self.replica_set: ReplicaSet | None = None
         self._died = asyncio.Event()
-        self.store = PartitionStore(SimObjectStore(world.root, world, self), "q", 0, "u")
+        #: The storage root as this process sees it (every operation meets the world's faults).
+        self.root_store = SimObjectStore(world.root, world, self)
+        self.store = PartitionStore(self.root_store, "q", 0, uid)
 
     def check_alive(self) -> None:
         if not self.alive:
@@ -357,6 +375,15 @@ class Controller:
         #: A failover is under way (the old leader counts as failed).
         self.replacing = False
 
+    def route_leader(self) -> Node:
+        """A handle's route lookup."""
+        if self.leader is None:
+            raise Unreachable("no route yet")
+        return self.leader
+
+    def report_failure(self) -> None:
+        """A handle could not reach the leader (the model's health check finds out alone)."""
+
     def replica_in_sync(self, leader: str, replica: str) -> bool:
         if self.leader is None or leader != self.leader.name or replica not in self.replicas:
             return False
@@ -470,14 +497,18 @@ class Client:
     def leader(self) -> Node:
         controller = self.world.controller
         if self.route is None or self.world.chance(0.3):  # refresh now and then, as handles do
-            if controller.leader is not None:
-                self.route, self.version = controller.leader, controller.route_version
+            try:
+                self.route, self.version = controller.route_leader(), controller.route_version
+            except (RayQueueError, Unreachable):
+                pass
         if self.route is None:
             raise Unreachable("no route yet")
         return self.route
 
     def forget(self) -> None:
+        """A call failed: drop the route, and tell the coordinator (as handles do)."""
         self.route = None
+        self.world.controller.report_failure()
 
     async def produce(self, count: int) -> None:
         world = self.world
@@ -537,7 +568,10 @@ async def _chaos(world: World) -> None:
     controller = world.controller
     for _ in range(world.steps):
         await asyncio.sleep(world.random.uniform(0.05, 0.5))
-        action = world.random.choice(["crash-leader", "crash-replica", "zombie", "outage", "calm", "calm"])
+        actions = ["crash-leader", "crash-replica", "zombie", "outage", "calm", "calm"]
+        if world.coordinator == "real":
+            actions.append("crash-coordinator")
+        action = world.random.choice(actions)
         if action == "crash-leader" and controller.leader is not None and world.may_crash(controller.leader):
             world.note(f"crash {controller.leader.name}")
             controller.leader.crash()
@@ -552,6 +586,8 @@ async def _chaos(world: World) -> None:
             controller.fail_over(f"false suspicion of {zombie.name}")
             if controller.leader is not zombie:  # replaced: Ray's kill lands, eventually
                 world.spawn(_die_later(world, zombie))
+        elif action == "crash-coordinator" and isinstance(controller, CoordinatorControl):
+            controller.crash()
         elif action == "outage":
             world.outage = True
             world.note("storage outage")
@@ -573,7 +609,7 @@ async def _play(world: World) -> None:
     while controller.leader is None:
         try:
             controller.start()
-        except (RayQueueError, Crashed):
+        except (RayQueueError, Crashed, Unreachable):
             await asyncio.sleep(0.1)
     await controller.top_up()
     world.spawn(controller.watch())
@@ -624,9 +660,12 @@ async def _drain(world: World) -> None:
     )
 
 
-def run(seed: int, faults: Faults | None = None, steps: int = 12, keep: bool = False) -> Outcome:
-    """Play one schedule; its outcome says what (if anything) broke."""
-    world = World(seed, faults or Faults(), steps)
+def run(
+    seed: int, faults: Faults | None = None, steps: int = 12, keep: bool = False, coordinator: str = "model"
+) -> Outcome:
+    """Play one schedule; its outcome says what (if anything) broke. ``coordinator``:
+    "model" (the contract, ``Controller``) or "real" (``rayqueue.coordinator.Coordinator``)."""
+    world = World(seed, faults or Faults(), steps, coordinator)
     loop = virtual_loop(world.clock)
     loop.set_exception_handler(_on_unhandled(world))
     logging.disable(logging.CRITICAL)  # faults make the code under test log a lot

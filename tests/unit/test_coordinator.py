@@ -610,6 +610,27 @@ def test_a_live_replica_whose_promotion_fails_keeps_its_place_until_the_next_att
     assert coord.report_failure("orders", 0).partitions == (before.replicas[0],)
 
 
+def test_a_suspected_leader_is_killed_only_once_a_successor_is_promoted(storage_url):
+    # Found by the simulation with the real coordinator (seed 48): a leader taken for dead
+    # while alive was killed first; its replica's promotion then failed (storage), so the
+    # writes acknowledged by the two of them rested on the replica alone, which died next.
+    launcher = FakeLauncher()
+    coord = coordinator(storage_url, launcher)
+    coord.create_queue(config(replicas=1, durability="replicas"))
+    report_in_sync(coord, *placement_of(coord).replicas)
+    before = placement_of(coord)
+    launcher.dead_actors.add(before.leader)  # suspected, not dead
+    launcher.promote_fails[before.replicas[0]] = False
+
+    with pytest.raises(PartitionUnavailable):
+        coord.report_failure("orders", 0)
+    assert before.leader not in launcher.killed and placement_of(coord) == before
+
+    del launcher.promote_fails[before.replicas[0]]
+    coord.report_failure("orders", 0)
+    assert launcher.killed == [before.leader] and placement_of(coord).leader == before.replicas[0]
+
+
 def test_a_stale_snapshot_never_fails_a_partition_over_twice_and_leaves_no_orphan_leader(storage_url):
     # repro/f6_double_failover.py: one node held the leaders of partitions 0 and 2.
     launcher = FakeLauncher()

@@ -14,16 +14,18 @@ import os
 import pytest
 
 from rayqueue.simulation import run
-from rayqueue.simulation.world import Faults
+from rayqueue.simulation.world import HEAVY, Faults, Outcome
 
 #: Schedules per CI run, and per long run.
 SHORT_SEEDS = int(os.environ.get("RAYQUEUE_SIM_SEEDS", "160"))
 LONG_SEEDS = 4000
 
 
-def check(seeds: range, faults: Faults | None = None) -> None:
-    failed = [outcome.summary() for outcome in map(lambda seed: run(seed, faults), seeds) if not outcome.ok]
+def check(seeds: range, faults: Faults | None = None, coordinator: str = "model") -> list[Outcome]:
+    outcomes = [run(seed, faults, coordinator=coordinator) for seed in seeds]
+    failed = [outcome.summary() for outcome in outcomes if not outcome.ok]
     assert not failed, "\n".join(failed)
+    return outcomes
 
 
 @pytest.mark.parametrize("block", range(4))
@@ -48,8 +50,25 @@ def test_schedules_do_meet_the_faults_they_are_meant_to() -> None:
 
 
 def test_heavier_faults_break_nothing_either() -> None:
-    heavy = Faults(storage_error=0.1, storage_lost_reply=0.08, crash_in_storage=0.02, replica_error=0.1, replica_lost_reply=0.08)
-    check(range(10_000, 10_000 + SHORT_SEEDS // 4), heavy)
+    check(range(10_000, 10_000 + SHORT_SEEDS // 4), HEAVY)
+
+
+def test_the_real_coordinator_keeps_the_contract_too() -> None:
+    # The same worlds with rayqueue.coordinator.Coordinator itself in charge (over a
+    # simulated launcher and faulty storage, crashed and restarted from its catalog)
+    # instead of the model of its contract.
+    outcomes = check(range(20_000, 20_000 + SHORT_SEEDS // 4), coordinator="real")
+    assert sum(outcome.failovers for outcome in outcomes) > len(outcomes)
+    assert any("crash the coordinator" in line for outcome in outcomes for line in outcome.log)
+
+
+def test_the_real_coordinator_under_heavier_faults() -> None:
+    check(range(30_000, 30_000 + SHORT_SEEDS // 10), HEAVY, coordinator="real")
+
+
+def test_real_coordinator_schedules_replay_exactly() -> None:
+    first, second = run(7, coordinator="real"), run(7, coordinator="real")
+    assert first.log == second.log and first.ok
 
 
 @pytest.mark.slow
