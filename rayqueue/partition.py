@@ -25,6 +25,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from typing import NoReturn
 
 import numpy as np
 import pyarrow as pa
@@ -33,7 +34,7 @@ import pyarrow.compute as pc
 from rayqueue import defaults
 from rayqueue.config import QueueConfig
 from rayqueue.durability import Durability, ReplicasFirst, StorageFirst
-from rayqueue.errors import MessageTooLarge, PartitionFenced, PartitionRetired, StorageCorrupt
+from rayqueue.errors import MessageTooLarge, PartitionFenced, PartitionRetired, RayQueueError, StorageCorrupt
 from rayqueue.group_commit import GroupCommit
 from rayqueue.leadership import Leadership
 from rayqueue.log import DeleteTicket, PartitionLog
@@ -193,6 +194,16 @@ class PartitionService:
             self._notify()  # long polls wake up and refuse
             self.on_fenced()
 
+    def _fenced_by(self, error: BaseException) -> NoReturn:
+        """Re-raise a failed write's error. One that is not rayqueue's own (a backend's
+        raw error) becomes PartitionFenced if this leader has stopped over it: the
+        caller's handle then finds its successor, which holds or reads what landed."""
+        if isinstance(error, PartitionFenced):
+            self._fence()
+        if self.fenced and isinstance(error, Exception) and not isinstance(error, RayQueueError):
+            raise PartitionFenced(f"{self.config.name}/{self.partition}", self.epoch) from error
+        raise error
+
     def _cannot_store(self, error: BaseException) -> None:
         """A write whose outcome matters failed (see ``OrderedWriter``): stop, so that a
         replica holding it, or a successor reading what landed, takes over."""
@@ -267,9 +278,7 @@ class PartitionService:
         except BaseException as error:
             self._log.release(count)
             self._segments_settled.done(first, "applied")
-            if isinstance(error, PartitionFenced):
-                self._fence()
-            raise
+            self._fenced_by(error)
         on_storage = stored.done() and not stored.cancelled() and stored.exception() is None
         name = self._store.segment_name(first)
         self._log.publish(segment, name, explicit_ids=any(dedup for _, dedup in items), stored=on_storage)
@@ -297,7 +306,11 @@ class PartitionService:
         )
 
     async def _all_stored(self) -> None:
+        """Return once everything written so far is stored; PartitionFenced if a write
+        failed for good instead (then this leader stops, and only its replicas hold it)."""
         await asyncio.gather(self._segment_writer.drained(), self._delete_writer.drained())
+        if self._segment_writer.failed or self._delete_writer.failed:
+            raise PartitionFenced(f"{self.config.name}/{self.partition}", self.epoch)
 
     def unstored(self) -> HeldWrites:
         """What is acknowledged or being written but not on storage yet: what a replica
@@ -409,12 +422,10 @@ class PartitionService:
             self._refuse_if_fenced()
         except BaseException as error:
             self._deletes_settled.done(seq, "applied")
-            if isinstance(error, PartitionFenced):
-                self._fence()
             for ticket in tickets:
                 self._log.abort_delete(ticket)
             self._notify()
-            raise
+            self._fenced_by(error)
         for ticket in tickets:
             self._log.commit_delete(ticket)
         self._deletes_settled.done(seq, "applied")

@@ -137,7 +137,8 @@ class ReplicaSet:
 
     def __init__(self, link: ReplicaLink, acknowledging: bool, timeout_s: float = defaults.REPLICA_TIMEOUT_S) -> None:
         self._link = link
-        #: Returns once everything written so far is stored (set by the leader's service).
+        #: Returns once everything written so far is stored, or raises PartitionFenced if a
+        #: write failed for good (set by the leader's service).
         self.stored: Callable[[], Awaitable[None]] = _nothing
         self._acknowledging = acknowledging
         self._timeout_s = timeout_s
@@ -244,8 +245,13 @@ class ReplicaSet:
 
         They may hold writes acknowledged before they failed and not stored yet, of which
         the leader's memory is then the only other copy: they are reported only once
-        everything written so far is stored, so that no promotion is ever short of them."""
-        await self.stored()
+        everything written so far is stored, so that no promotion is ever short of them.
+        If a write failed for good instead, they are never reported: this leader stops,
+        and the replicas are the copy its successor takes over with."""
+        try:
+            await self.stored()
+        except PartitionFenced:
+            return
         if await _answer(lambda: self._link.report_lost(names), f"lost replicas {names}", lambda: True):
             self._leaving.difference_update(names)
         # Refused: this leader was replaced. They stay: it acknowledges only what it stores

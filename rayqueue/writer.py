@@ -121,6 +121,11 @@ class OrderedWriter:
         if self._queue:
             await asyncio.wait([self._queue[-1].done])
 
+    @property
+    def failed(self) -> bool:
+        """Whether a write failed for good (``fatal``): nothing submitted since is stored."""
+        return self._failed is not None
+
     def __len__(self) -> int:
         """Writes submitted and not stored yet."""
         return len(self._queue)

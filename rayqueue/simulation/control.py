@@ -169,6 +169,8 @@ class CoordinatorControl:
             if before is not None and after is not None and after.leader != before.leader:
                 self._world.outcome.failovers += 1
                 self._world.note(f"{method}: {before.leader} -> {after.leader} (in sync: {list(before.in_sync)})")
+            if after is not None and after != before:
+                self._world.note(f"{method}: placement {after.leader} replicas {list(after.replicas)} in sync {list(after.in_sync)}")
 
     # --------------------------------------------------- what the world reads
 

@@ -352,6 +352,34 @@ def test_a_failed_replica_counts_until_the_coordinator_recorded_it_left(tmp_path
     asyncio.run(scenario())
 
 
+def test_a_replica_is_never_reported_lost_once_a_write_failed_for_good(tmp_path):
+    # Found by the simulation with the real coordinator (seed 40000): a replica failed a
+    # write, and its leader reported it lost once its writer had "drained", which a write
+    # that failed for good counts as. The coordinator then removed the one copy of a delete
+    # the leader had acknowledged and could not store: the message came back.
+    root = f"file://{tmp_path}"
+
+    async def scenario() -> None:
+        link = Link("r1")
+        leader = await replicated_leader(root, link, OnceFailingStore)
+        await leader.send(rows(REPLICATED, "m0"), dedup=False)  # acknowledged: r1 holds it
+        link.failing.add("r1")
+        sending = asyncio.ensure_future(leader.send(rows(REPLICATED, "m1"), dedup=False))
+        for _ in range(20):
+            await asyncio.sleep(0)  # r1 failed m1: it is leaving, reported once m0 is stored
+        leader._store.proceed.set()  # ... which it never is
+        while not leader.fenced:
+            await asyncio.sleep(0.001)
+        with pytest.raises(PartitionFenced):
+            await sending
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert link.lost_reports == []  # r1 holds m0: it stays in the in-sync set, to be promoted
+        assert 0 in link.replicas["r1"].held.segments
+
+    asyncio.run(scenario())
+
+
 def test_every_live_replica_refuses_a_replaced_leader_once_fenced():
     replica = ReplicaState("r2")
     replica.hold_segment(3, _batch(0))
