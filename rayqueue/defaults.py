@@ -95,6 +95,10 @@ REPLICA_TIMEOUT_S = 5.0
 #: the bound saw a promoted replica holding 1,697 unstored segments.)
 MAX_UNSTORED_WRITES = 8
 
+#: Segments a takeover reads from storage at once. It reads every segment still in the
+#: dedup window: a chaos run on S3 saw 882 of them, and a 39 s failover, one at a time.
+RECOVERY_READ_AHEAD = 8
+
 #: Catalog versions kept on storage besides the newest (older ones are removed).
 CATALOG_VERSIONS_KEPT = 3
 

@@ -213,7 +213,8 @@ class Node:
         self._died = asyncio.Event()
         #: The storage root as this process sees it (every operation meets the world's faults).
         self.root_store = SimObjectStore(world.root, world, self)
-        self.store = PartitionStore(self.root_store, "q", 0, uid)
+        # One read at a time: threads would make the order of storage faults depend on the OS.
+        self.store = PartitionStore(self.root_store, "q", 0, uid, read_ahead=1)
 
     def check_alive(self) -> None:
         if not self.alive:

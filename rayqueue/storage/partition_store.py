@@ -34,13 +34,16 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import numpy as np
 import pyarrow as pa
 
+from rayqueue import defaults
 from rayqueue.errors import ObjectExists, PartitionFenced, StorageCorrupt
 from rayqueue.storage import format
 from rayqueue.storage.objects import ObjectStore
@@ -175,15 +178,17 @@ def _natural(value: Any, what: str, path: str) -> int:
 
 
 class StoredSegments:
-    """A partition's segments in offset order, read one at a time as they are iterated,
-    so that recovering a backlog larger than memory never holds all of it at once.
+    """A partition's segments in offset order, read as they are iterated (at most
+    ``read_ahead`` ahead, in parallel), so that recovering a backlog larger than memory
+    never holds all of it at once.
 
     A segment that cannot be read raises StorageCorrupt; so does one whose offsets
     overlap the segment before it, found as they are read (names alone show only
     segments with the same first offset, which recovery refuses at once)."""
 
-    def __init__(self, read: Callable[[str], pa.Table]) -> None:
+    def __init__(self, read: Callable[[str], pa.Table], read_ahead: int = 1) -> None:
         self._read = read
+        self._read_ahead = read_ahead
         # [first offset, name, rows if kept, end if known]
         self._entries: list[list[Any]] = []
 
@@ -229,9 +234,8 @@ class StoredSegments:
 
     def __iter__(self) -> Iterator[tuple[str, pa.Table]]:
         previous_name, previous_end = "", 0
-        for entry in self._entries:
-            first, name, table, _end_known = entry
-            table = table if table is not None else self._read(name)
+        for entry, table in zip(self._entries, self._tables()):
+            first, name = entry[0], entry[1]
             entry[3] = _end(table, first)
             if not table.num_rows:
                 continue
@@ -239,6 +243,30 @@ class StoredSegments:
                 raise StorageCorrupt(name, f"offsets from {first} overlap segment {previous_name!r} (up to {previous_end - 1})")
             previous_name, previous_end = name, entry[3]
             yield name, table
+
+    def _tables(self) -> Iterator[pa.Table]:
+        """Each segment's rows, in order. On S3 a takeover reads every segment still in
+        the dedup window (hundreds, at about 20 ms each), so several are read at once."""
+        entries = iter(self._entries)
+        if self._read_ahead <= 1:
+            for _first, name, table, _end_known in entries:
+                yield table if table is not None else self._read(name)
+            return
+        with ThreadPoolExecutor(self._read_ahead, thread_name_prefix="rayqueue-recovery") as pool:
+            reads: deque[Future[pa.Table]] = deque()
+
+            def read_next() -> None:
+                entry = next(entries, None)
+                if entry is not None:
+                    table = entry[2]
+                    reads.append(pool.submit(lambda: table) if table is not None else pool.submit(self._read, entry[1]))
+
+            for _ in range(self._read_ahead):
+                read_next()
+            while reads:
+                table = reads.popleft().result()
+                read_next()
+                yield table
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -281,8 +309,12 @@ def partition_prefix(queue: str, uid: str, partition: int) -> str:
 class PartitionStore:
     """Writes and reads one partition's objects. Blocking: call it from a thread."""
 
-    def __init__(self, store: ObjectStore, queue: str, partition: int, uid: str) -> None:
+    def __init__(
+        self, store: ObjectStore, queue: str, partition: int, uid: str, read_ahead: int = defaults.RECOVERY_READ_AHEAD
+    ) -> None:
+        """``read_ahead``: segments a takeover reads at once (1: one at a time, no threads)."""
         self._store = store.child(partition_prefix(queue, uid, partition))
+        self._read_ahead = read_ahead
         self.epoch = 0
         #: Segments, delete logs and checkpoints read since this store was made.
         self.objects_read = 0
@@ -358,7 +390,7 @@ class PartitionStore:
 
     def _load(self) -> RecoveredPartition:
         fences = self._fences()
-        recovered = RecoveredPartition(StoredSegments(self.read_segment))
+        recovered = RecoveredPartition(StoredSegments(self.read_segment, self._read_ahead))
         recovered.next_offset = max((f.next_offset for f in fences), default=0)
         recovered.next_delete_seq = max((f.next_delete_seq for f in fences), default=0)
         checkpoint = self._newest_checkpoint(fences, recovered)

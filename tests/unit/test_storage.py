@@ -590,3 +590,34 @@ def test_catalog_keeps_only_recent_versions(storage_url):
     assert len(kept) == defaults.CATALOG_VERSIONS_KEPT + 1
     assert kept[-1] == format.catalog_name(10)
     assert catalog.load() == (10, {"v": 10})
+
+
+def test_a_takeover_reads_segments_several_at_once_and_yields_them_in_order():
+    import threading
+
+    from rayqueue.storage.partition_store import StoredSegments
+
+    running, most, lock = [0], [0], threading.Lock()
+    released = threading.Event()
+
+    def read(name: str) -> pa.Table:
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        released.wait(0.05)  # slow storage: reads overlap
+        with lock:
+            running[0] -= 1
+        first = int(name.split("/")[-1].split("-")[0])
+        if first == 30:
+            raise StorageCorrupt(name, "fails its checksum")
+        return pa.table({"offset": pa.array([first, first + 1], pa.int64())})
+
+    segments = StoredSegments(read, read_ahead=4)
+    for first in range(0, 40, 2):
+        segments.add(format.segment_name(first, 1))
+    seen = []
+    with pytest.raises(StorageCorrupt):
+        for name, table in segments:
+            seen.append(table.column("offset")[0].as_py())
+    assert seen == list(range(0, 30, 2))  # in order, up to the unreadable one
+    assert 1 < most[0] <= 4
