@@ -155,12 +155,19 @@ class ReplicaSet:
         self.epoch = 0
 
     async def attach(self, replicas: list[str], unstored: Callable[[], HeldWrites]) -> None:
-        """Replicate to exactly these replicas from now on; return once the new ones caught up."""
+        """Replicate to these replicas from now on; return once the new ones caught up.
+
+        An in-sync replica left out leaves as a failed one does: it counts until the
+        coordinator records that it left. The list may be stale (attach calls overtake
+        one another, and a new coordinator may send an older placement's list), and the
+        coordinator may have recorded that replica as in sync: dropping it at once would
+        let this leader acknowledge writes that a promotable replica lacks."""
         wanted = set(replicas)
         self._joining &= wanted
+        left_out = sorted(self._in_sync - wanted)
+        if left_out and self._acknowledging:
+            self._leave(left_out)
         self._in_sync &= wanted
-        self._leaving &= wanted
-        self._recorded &= wanted
         newcomers = sorted(wanted - self._joining - self._in_sync - self._leaving)
         self._joining.update(newcomers)
         held = unstored() if self._acknowledging else HeldWrites()  # taken after joining: later writes reach them
@@ -223,11 +230,16 @@ class ReplicaSet:
                 self._drop_joining(joining)
             leaving = [name for name in failed if name in self._in_sync]
             if leaving:
-                self._in_sync.difference_update(leaving)
-                self._recorded.difference_update(leaving)
-                self._leaving.update(leaving)
-                self._report(self._record_lost(leaving))
+                self._leave(leaving)
         return bool(self._recorded) and not self._leaving
+
+    def _leave(self, names: list[str]) -> None:
+        """In-sync replicas that failed or were left out: they count (writes wait for
+        storage) until the coordinator has recorded that they left."""
+        self._in_sync.difference_update(names)
+        self._recorded.difference_update(names)
+        self._leaving.update(names)
+        self._report(self._record_lost(names))
 
     def _drop_joining(self, names: list[str]) -> None:
         # Never counted: the coordinator need only replace them (no answer awaited).

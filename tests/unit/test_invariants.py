@@ -380,6 +380,31 @@ def test_a_replica_is_never_reported_lost_once_a_write_failed_for_good(tmp_path)
     asyncio.run(scenario())
 
 
+def test_a_stale_replica_list_never_drops_a_recorded_replica():
+    # Found by the simulation with the real coordinator (seed 40509): two attach calls
+    # overtook each other, and the older list (r1 only) dropped r2 from the leader's set
+    # after the coordinator had recorded r2 in sync. The leader acknowledged on r1 alone;
+    # r1 died, r2 was promoted without those writes.
+    async def scenario() -> None:
+        link = Link("r1", "r2")
+        link.coordinator_answers = False  # the coordinator has not recorded r2's removal
+        replicas = ReplicaSet(link, acknowledging=True)
+        await replicas.attach(["r1", "r2"], HeldWrites)
+        await recorded(replicas, 2)
+        await replicas.attach(["r1"], HeldWrites)  # stale
+        assert not await replicas.segment(_batch(0))  # r2 still counts: storage decides
+        for _ in range(100):
+            if link.lost_reports:
+                break
+            await asyncio.sleep(0)
+        assert link.lost_reports == [["r2"]]
+        link.coordinator_answers = True  # recorded: only now may r1's word suffice
+        await replicas._record_lost(["r2"])
+        assert await replicas.segment(_batch(1))
+
+    asyncio.run(scenario())
+
+
 def test_every_live_replica_refuses_a_replaced_leader_once_fenced():
     replica = ReplicaState("r2")
     replica.hold_segment(3, _batch(0))
