@@ -155,8 +155,10 @@ class PartitionService:
             self._replicas.epoch = self.epoch
         self._next_delete_seq = recovered.next_delete_seq
         self.objects_recovered = self._store.objects_read
-        # Rare and decisive for what a partition serves: worth a line in its log.
-        log.warning(
+        # A failover or a restart is rare and decides what a partition serves: worth a line
+        # in its log (a new partition's first takeover is not).
+        log.log(
+            logging.WARNING if self.epoch > 1 else logging.INFO,
             "%s partition %d: took over under epoch %d: %d segments up to offset %d, %d deleted offsets, "
             "held %d segments and %d delete logs",
             self.config.name, self.partition, self.epoch, len(recovered.segments), self._log.next_offset,

@@ -177,7 +177,7 @@ class ReplicaSet:
             if name in self._joining and name not in failed:
                 self._joining.discard(name)
                 self._in_sync.add(name)  # locally first: the recorded set stays a subset
-                log.warning("epoch %d: replica %s caught up (%d segments, %d delete logs)", self.epoch, name, len(held.segments), len(held.deletes))
+                log.info("epoch %d: replica %s caught up (%d segments, %d delete logs)", self.epoch, name, len(held.segments), len(held.deletes))
                 if self._acknowledging:
                     self._report(self._record_in_sync(name))
         if failed:
