@@ -22,8 +22,8 @@ import tempfile
 import time
 
 from rayqueue.config import QueueConfig
-from rayqueue.partition import PartitionService
-from rayqueue.rows import IdSource, send_rows
+from rayqueue.partition.service import PartitionService
+from rayqueue.client.rows import IdSource, send_rows
 from rayqueue.storage import PartitionStore
 from rayqueue.storage.counting import CountingStore
 

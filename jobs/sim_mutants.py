@@ -8,7 +8,7 @@ mutant no schedule catches is a blind spot of the simulation.
 """
 import sys
 
-from rayqueue import writer, leadership, replication
+from rayqueue.partition import leadership, replication, writer
 from rayqueue.simulation import run
 
 def f1():  # floors pass stored-but-unpublished keys

@@ -31,7 +31,7 @@ def main() -> int:
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     parser.add_argument(
         "--coordinator", choices=["model", "real"], default="model",
-        help="the coordinator: a model of its contract, or rayqueue.coordinator.Coordinator itself",
+        help="the coordinator: a model of its contract, or rayqueue.control.coordinator.Coordinator itself",
     )
     args = parser.parse_args()
     faults = HEAVY if args.heavy else Faults()

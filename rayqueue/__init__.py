@@ -20,9 +20,9 @@ __version__ = "0.1.0"
 
 #: Each public name and the module that defines it.
 _EXPORTS = {
-    "Client": "rayqueue.client",
-    "Queue": "rayqueue.client",
-    "connect": "rayqueue.client",
+    "Client": "rayqueue.client.connection",
+    "Queue": "rayqueue.client.queue",
+    "connect": "rayqueue.client.connection",
     "QueueConfig": "rayqueue.config",
     "InvalidArgument": "rayqueue.errors",
     "InvalidReceipt": "rayqueue.errors",
@@ -42,7 +42,8 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
-    from rayqueue.client import Client, Queue, connect
+    from rayqueue.client.connection import Client, connect
+    from rayqueue.client.queue import Queue
     from rayqueue.config import QueueConfig
     from rayqueue.errors import (
         InvalidArgument,

@@ -125,9 +125,9 @@ def connect(args: argparse.Namespace) -> rayqueue.Client:
     """Join Ray quietly (worker logs would mix with our output), then rayqueue.
 
     A dead address (RAY_ADDRESS, or the file a crashed Ray leaves) fails within
-    seconds with what to do, instead of Ray's retries (see rayqueue.actors.session)."""
-    from rayqueue.actors import session
-    from rayqueue.client import connect as connect_client
+    seconds with what to do, instead of Ray's retries (see rayqueue.client.session)."""
+    from rayqueue.client import session
+    from rayqueue.client.connection import connect as connect_client
 
     session.ensure_ray(
         args.address,

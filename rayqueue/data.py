@@ -36,7 +36,7 @@ import ray.data
 from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
-from rayqueue.client import Queue
+from rayqueue.client.queue import Queue
 from rayqueue.errors import InvalidArgument, RayQueueError
 from rayqueue.message import Message
 

@@ -29,7 +29,7 @@ MAX_PARTITIONS = 256
 PARTITION_MEMORY_BYTES = 256 * 1024 * 1024
 MIN_PARTITION_MEMORY_BYTES = 1024 * 1024
 #: Scaling: the load one partition is meant to carry, the history a decision looks
-#: at, and the pause after each change (see rayqueue.autoscale).
+#: at, and the pause after each change (see rayqueue.control.autoscale).
 TARGET_SEND_RATE = 5_000.0
 TARGET_BACKLOG = 100_000
 SCALING_WINDOW_S = 30.0

@@ -9,7 +9,7 @@ from typing import NamedTuple
 from rayqueue.errors import InvalidReceipt
 
 #: The receipt format ``<partition>.<epoch>.<offset>.<token>``; shared with the
-#: vectorized parser in rayqueue.rows.
+#: vectorized parser in rayqueue.client.rows.
 RECEIPT_PATTERN = r"([0-9]{1,5})\.([0-9]{1,10})\.([0-9]{1,19})\.([0-9]{1,19})"
 _RECEIPT = re.compile(RECEIPT_PATTERN, re.ASCII)
 #: Receipts handed out before receipts carried the epoch (``<partition>.<offset>.<token>``).

@@ -15,9 +15,9 @@ from typing import Any
 
 import ray
 
-from rayqueue.actors.partition import PartitionActor, serve_wire
+from rayqueue.actors.partition_actor import PartitionActor, serve_wire
 from rayqueue.errors import PartitionUnavailable
-from rayqueue.wire import Endpoint, Server
+from rayqueue.transport.wire import Endpoint, Server
 
 
 class PartitionHost:

@@ -1,6 +1,6 @@
 """The real ``Coordinator`` in the simulated world.
 
-``CoordinatorControl`` runs ``rayqueue.coordinator.Coordinator`` as it is, over a
+``CoordinatorControl`` runs ``rayqueue.control.coordinator.Coordinator`` as it is, over a
 ``SimLauncher`` (the simulated ``PartitionLauncher``) and over simulated storage
 with the world's faults, in its own simulated process: its catalog writes fail,
 lose their replies and crash it like any other storage call, and a crashed
@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
-from rayqueue.coordinator import Coordinator, Placement, QueueRecord
+from rayqueue.control.coordinator import Coordinator, Placement, QueueRecord
 from rayqueue.errors import PartitionUnavailable, RayQueueError
 
 if TYPE_CHECKING:  # the world imports this module

@@ -35,9 +35,9 @@ from typing import Any, TypeVar
 
 from rayqueue.config import QueueConfig
 from rayqueue.errors import InvalidReceipt, PartitionFenced, RayQueueError, StorageUnavailable
-from rayqueue.partition import PartitionService
-from rayqueue.replication import ReplicaSet, ReplicaState
-from rayqueue.rows import send_rows
+from rayqueue.partition.service import PartitionService
+from rayqueue.partition.replication import ReplicaSet, ReplicaState
+from rayqueue.client.rows import send_rows
 from rayqueue.simulation.clock import Stuck, VirtualClock, virtual_loop
 from rayqueue.simulation.control import CoordinatorControl
 from rayqueue.storage import ObjectStore, PartitionStore
@@ -665,7 +665,7 @@ def run(
     seed: int, faults: Faults | None = None, steps: int = 12, keep: bool = False, coordinator: str = "model"
 ) -> Outcome:
     """Play one schedule; its outcome says what (if anything) broke. ``coordinator``:
-    "model" (the contract, ``Controller``) or "real" (``rayqueue.coordinator.Coordinator``)."""
+    "model" (the contract, ``Controller``) or "real" (``rayqueue.control.coordinator.Coordinator``)."""
     world = World(seed, faults or Faults(), steps, coordinator)
     loop = virtual_loop(world.clock)
     loop.set_exception_handler(_on_unhandled(world))

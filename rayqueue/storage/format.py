@@ -29,6 +29,7 @@ import numpy as np
 import pyarrow as pa
 
 from rayqueue.errors import StorageCorrupt
+from rayqueue.schemas import SEGMENT_SCHEMA
 
 #: Version of every object layout in this module; bump it and keep reading older ones.
 FORMAT_VERSION = 2
@@ -40,25 +41,6 @@ _TRAILER_MAGIC = b"RQCK"
 
 _VERSION_KEY = b"rayqueue.format"
 _KIND_KEY = b"rayqueue.kind"
-
-#: What producers hand to a partition: one row per message.
-SEND_SCHEMA = pa.schema(
-    [
-        pa.field("id", pa.string(), nullable=False),
-        pa.field("body", pa.binary(), nullable=False),
-        pa.field("key", pa.string()),
-        pa.field("attributes", pa.map_(pa.string(), pa.string())),
-    ]
-)
-
-#: A stored segment: the send schema plus the partition's offset and receive time.
-SEGMENT_SCHEMA = pa.schema(
-    [
-        pa.field("offset", pa.int64(), nullable=False),
-        *SEND_SCHEMA,
-        pa.field("sent_at", pa.timestamp("us", tz="UTC"), nullable=False),
-    ]
-)
 
 #: A delete log: the offsets deleted by one group commit.
 DELETES_SCHEMA = pa.schema([pa.field("offset", pa.int64(), nullable=False)])
@@ -257,13 +239,3 @@ def decode_json(data: bytes, path: str, kind: str) -> dict[str, Any]:
         raise StorageCorrupt(path, f"expected a {kind} document")
     return document
 
-
-def body_sizes(bodies: pa.Array | pa.ChunkedArray) -> np.ndarray:
-    """Each body's length in bytes, from the offsets (no compute kernel per call)."""
-    if isinstance(bodies, pa.ChunkedArray):
-        if bodies.num_chunks != 1:
-            return np.concatenate([body_sizes(chunk) for chunk in bodies.chunks]) if bodies.num_chunks else np.empty(0, np.int64)
-        bodies = bodies.chunk(0)
-    width = np.int64 if pa.types.is_large_binary(bodies.type) or pa.types.is_large_string(bodies.type) else np.int32
-    offsets = np.frombuffer(bodies.buffers()[1], width)[bodies.offset : bodies.offset + len(bodies) + 1]
-    return np.diff(offsets).astype(np.int64, copy=False)

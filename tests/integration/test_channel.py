@@ -7,8 +7,8 @@ import socket
 
 import ray
 
-from rayqueue.actors import channel
-from rayqueue.wire import Endpoint
+from rayqueue.transport import direct as channel
+from rayqueue.transport.wire import Endpoint
 
 
 def round_trip(queue) -> list[bytes]:

@@ -17,7 +17,7 @@ from ray.exceptions import RayTaskError
 
 import rayqueue
 from rayqueue.errors import PartitionFenced
-from rayqueue.rows import send_rows
+from rayqueue.client.rows import send_rows
 from support.waiting import kill_and_wait
 
 

@@ -21,10 +21,10 @@ from rayqueue import defaults
 from rayqueue.config import QueueConfig
 from rayqueue.errors import ObjectExists, PartitionFenced, StorageCorrupt, StorageUnavailable
 from rayqueue.message import encode_receipt
-from rayqueue.partition import PartitionService
-from rayqueue.rows import IdSource, send_rows
+from rayqueue.partition.service import PartitionService
+from rayqueue.client.rows import IdSource, send_rows
 from rayqueue.storage import CatalogStore, ObjectStore, PartitionStore, RecoveredPartition
-from rayqueue.storage.format import SEGMENT_SCHEMA
+from rayqueue.schemas import SEGMENT_SCHEMA
 from support.ports import free_ports
 from support.seaweed import SeaweedServer
 

@@ -1,6 +1,6 @@
 """Shared fixtures for the unit tests: a fake clock, configs, and throwaway storage.
 
-Nothing here starts Ray. ``memory://`` is one filesystem per process, so every
+No unit test may start Ray: ``no_ray`` (autouse) fails one that tries. ``memory://`` is one filesystem per process, so every
 test gets its own root under it and removes it afterwards.
 """
 
@@ -13,10 +13,24 @@ from typing import Any
 
 import fsspec
 import pytest
+import ray
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 from rayqueue.config import QueueConfig  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def no_ray(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Fail a unit test that starts Ray (``ray.get`` on a handle starts it through ``ray.init`` too)."""
+
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("a unit test must not start Ray: test it through a seam, or move it to tests/integration")
+
+    assert not ray.is_initialized(), "Ray was running when this unit test started"
+    monkeypatch.setattr(ray, "init", refuse)
+    yield
+    assert not ray.is_initialized(), "this unit test started Ray"
 
 
 class FakeClock:

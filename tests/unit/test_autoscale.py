@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from rayqueue.autoscale import LoadSample, ScalingPolicy, decide
+from rayqueue.control.autoscale import LoadSample, ScalingPolicy, decide
 
 POLICY = ScalingPolicy(min_partitions=1, max_partitions=8, target_send_rate=1000, target_backlog=10_000,
                        window_s=30, cooldown_s=60)

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from rayqueue.config import QueueConfig
-from rayqueue.coordinator import Coordinator, QueueRecord
+from rayqueue.control.coordinator import Coordinator, QueueRecord
 from rayqueue.errors import PartitionUnavailable, QueueAlreadyExists, QueueNotFound, StorageCorrupt, StorageUnavailable
 from rayqueue.message import PartitionStats
 from rayqueue.storage import ObjectStore, format
@@ -731,7 +731,7 @@ def test_an_old_catalog_without_in_sync_loads(storage_url):
         lambda q: q["bad"]["config"].update(max_delivery_attempts=5),  # a newer rayqueue's field
         lambda q: q["bad"]["config"].update(name="../../escape"),
         lambda q: q["bad"].update(uid="../../escape"),
-        lambda q: q["bad"]["placements"][0].update(leader="rayqueue.coordinator"),
+        lambda q: q["bad"]["placements"][0].update(leader="rayqueue.control.coordinator"),
         lambda q: q["bad"].update(placements="none"),
         lambda q: q.update(bad=[1, 2]),
     ],

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 from ray.exceptions import ActorDiedError, GetTimeoutError
 
-from rayqueue.actors import coordinator as actors
+from rayqueue.actors import coordinator_actor as actors
 from rayqueue.config import QueueConfig
-from rayqueue.coordinator import QueueRecord
+from rayqueue.control.coordinator import QueueRecord
 from rayqueue.errors import PartitionUnavailable
 
 

@@ -9,9 +9,9 @@ import pytest
 
 from rayqueue.config import QueueConfig
 from rayqueue.errors import PartitionFenced
-from rayqueue.partition import PartitionService
-from rayqueue.replication import HeldWrites
-from rayqueue.rows import IdSource, send_rows
+from rayqueue.partition.service import PartitionService
+from rayqueue.partition.replication import HeldWrites
+from rayqueue.client.rows import IdSource, send_rows
 from rayqueue.storage import ObjectStore, PartitionStore
 
 CONFIG = QueueConfig.build(name="q", max_messages=100_000, max_message_bytes=100)

@@ -10,8 +10,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def exported_names() -> set[str]:
-    """Prometheus names of the metrics in rayqueue/actors/metrics.py (Ray prefixes ray_)."""
-    source = (ROOT / "rayqueue" / "actors" / "metrics.py").read_text()
+    """Prometheus names of the metrics in rayqueue/actors/ray_metrics.py (Ray prefixes ray_)."""
+    source = (ROOT / "rayqueue" / "actors" / "ray_metrics.py").read_text()
     counters = {f"ray_rayqueue_{name}_total" for name in re.findall(r'counter\("(\w+)"', source)}
     gauges = {f"ray_rayqueue_{name}" for name in re.findall(r'gauge\("(\w+)"', source)}
     histograms = {

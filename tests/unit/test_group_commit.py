@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from rayqueue.group_commit import GroupCommit
+from rayqueue.partition.group_commit import GroupCommit
 
 
 class Flusher:

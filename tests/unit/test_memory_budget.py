@@ -7,8 +7,8 @@ import asyncio
 import pyarrow as pa
 
 from rayqueue.config import QueueConfig
-from rayqueue.partition import PartitionService
-from rayqueue.rows import IdSource, send_rows
+from rayqueue.partition.service import PartitionService
+from rayqueue.client.rows import IdSource, send_rows
 from rayqueue.storage import ObjectStore, PartitionStore
 
 BUDGET = 1024 * 1024

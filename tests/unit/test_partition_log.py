@@ -13,9 +13,9 @@ import pytest
 
 from rayqueue.config import QueueConfig
 from rayqueue.errors import InvalidReceipt, QueueFull
-from rayqueue.log import LogStats, PartitionLog
+from rayqueue.partition.log import LogStats, PartitionLog
 from rayqueue.message import encode_receipt
-from rayqueue.rows import IdSource, send_rows
+from rayqueue.client.rows import IdSource, send_rows
 from rayqueue.storage import format
 
 T0 = 1_700_000_000.0

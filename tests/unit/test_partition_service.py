@@ -19,8 +19,8 @@ import pytest
 from rayqueue.config import QueueConfig
 from rayqueue.errors import InvalidReceipt, MessageTooLarge, PartitionFenced, QueueFull, StorageCorrupt, StorageUnavailable
 from rayqueue.message import encode_receipt
-from rayqueue.partition import PartitionService
-from rayqueue.rows import IdSource, send_rows
+from rayqueue.partition.service import PartitionService
+from rayqueue.client.rows import IdSource, send_rows
 from rayqueue.storage import ObjectStore, PartitionStore
 
 VISIBILITY = 30.0

@@ -1,7 +1,7 @@
 """A receive over several partitions when one fails, and what the call layer does with
 a failed call, driven without a cluster (invariant 7; review F11, F12).
 
-The plans are generators: these tests play the driver's part (``rayqueue.plan``
+The plans are generators: these tests play the driver's part (``rayqueue.client.plan``
 states its contract) with partitions that are up or down.
 """
 
@@ -16,12 +16,12 @@ import pyarrow as pa
 import pytest
 from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
 
-from rayqueue.actors import calls
-from rayqueue.client import Queue
+from rayqueue.client.queue import Queue
+from rayqueue.transport import drivers
 from rayqueue.config import QueueConfig
-from rayqueue.coordinator import Route
+from rayqueue.routes import Route
 from rayqueue.errors import PartitionUnavailable, QueueNotFound, RayQueueError
-from rayqueue.plan import Call, Calls, FirstOf, Target
+from rayqueue.client.plan import Call, Calls, FirstOf, Target
 
 
 @dataclass
@@ -177,7 +177,7 @@ def test_a_failed_once_call_is_reported_without_waiting_and_raises_partition_una
     step = Calls([Call(1, "receive", (10, 0.0, None), once=True)])
 
     with pytest.raises(PartitionUnavailable) as caught:
-        calls._give_up_once(target, step, [(0, RayActorError())])
+        drivers._give_up_once(target, step, [(0, RayActorError())])
 
     assert caught.value.partition == 1 and "RayActorError" in caught.value.cause
     assert coordinator.sent == [("q", 1)] and set(target.reports) == {1}
@@ -190,7 +190,7 @@ def test_one_report_per_partition_is_in_flight_at_a_time():
 
     for _ in range(3):
         with pytest.raises(PartitionUnavailable):
-            calls._give_up_once(target, step, [(0, RayActorError())])
+            drivers._give_up_once(target, step, [(0, RayActorError())])
 
     assert coordinator.sent == [("q", 1)]
 
@@ -199,7 +199,7 @@ def test_a_failed_call_that_is_not_once_is_left_to_the_retries():
     coordinator = FakeCoordinator()
     target = target_of(queue_of(3), coordinator)
 
-    calls._give_up_once(target, Calls([Call(1, "receive", (10, 0.0, None))]), [(0, RayActorError())])
+    drivers._give_up_once(target, Calls([Call(1, "receive", (10, 0.0, None))]), [(0, RayActorError())])
 
     assert coordinator.sent == [] and target.reports == {}
 
@@ -220,7 +220,7 @@ def task_error(cause: BaseException) -> RayTaskError:
     ],
 )
 def test_a_coordinator_restart_or_a_dead_actor_inside_it_is_retried(error):
-    assert calls._coordinator_error("route", error, late=False) is None
+    assert drivers._coordinator_error("route", error, late=False) is None
 
 
 @pytest.mark.parametrize(
@@ -228,7 +228,7 @@ def test_a_coordinator_restart_or_a_dead_actor_inside_it_is_retried(error):
 )
 def test_after_the_retries_a_coordinator_failure_is_a_rayqueue_error_naming_it(error):
     with pytest.raises(RayQueueError) as caught:
-        calls._coordinator_error("route", error, late=True)
+        drivers._coordinator_error("route", error, late=True)
 
     assert type(caught.value) is RayQueueError
     assert "coordinator is unavailable (route)" in str(caught.value)
@@ -236,12 +236,12 @@ def test_after_the_retries_a_coordinator_failure_is_a_rayqueue_error_naming_it(e
 
 def test_a_rayqueue_error_raised_by_the_coordinator_is_raised_as_it_is():
     with pytest.raises(QueueNotFound):
-        calls._coordinator_error("route", task_error(QueueNotFound("q")), late=False)
+        drivers._coordinator_error("route", task_error(QueueNotFound("q")), late=False)
 
 
 def test_a_fault_inside_the_coordinator_is_named_not_retried():
     with pytest.raises(RayQueueError) as caught:
-        calls._coordinator_error("route", task_error(KeyError("x")), late=False)
+        drivers._coordinator_error("route", task_error(KeyError("x")), late=False)
 
     assert "coordinator failed (route): KeyError" in str(caught.value)
 
@@ -250,6 +250,6 @@ def test_a_coordinator_whose_constructor_failed_is_named_at_once_not_retried():
     error = RayActorError(error_msg="NoCredentialsError: Unable to locate credentials", actor_init_failed=True)
 
     with pytest.raises(RayQueueError) as caught:
-        calls._coordinator_error("storage_url", error, late=False)
+        drivers._coordinator_error("storage_url", error, late=False)
 
     assert "coordinator failed (storage_url)" in str(caught.value) and "NoCredentialsError" in str(caught.value)

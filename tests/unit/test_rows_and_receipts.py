@@ -24,9 +24,9 @@ from rayqueue.errors import (
     StorageMismatch,
     StorageUnavailable,
 )
-from rayqueue.log import PartitionLog
+from rayqueue.partition.log import PartitionLog
 from rayqueue.message import Receipt, decode_receipt, encode_receipt, shown
-from rayqueue.rows import (
+from rayqueue.client.rows import (
     IdSource,
     check_attributes,
     check_text,
@@ -36,7 +36,7 @@ from rayqueue.rows import (
     receipt_column,
     send_rows,
 )
-from rayqueue.storage.format import SEND_SCHEMA
+from rayqueue.schemas import SEND_SCHEMA
 
 CONFIG = QueueConfig.build(name="orders", max_messages=1000, max_message_bytes=8)
 

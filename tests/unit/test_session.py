@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import rayqueue
-from rayqueue.actors import session
+from rayqueue.client import session
 from rayqueue.errors import RayQueueError, StorageUnavailable
 
 

@@ -54,7 +54,7 @@ def test_heavier_faults_break_nothing_either() -> None:
 
 
 def test_the_real_coordinator_keeps_the_contract_too() -> None:
-    # The same worlds with rayqueue.coordinator.Coordinator itself in charge (over a
+    # The same worlds with rayqueue.control.coordinator.Coordinator itself in charge (over a
     # simulated launcher and faulty storage, crashed and restarted from its catalog)
     # instead of the model of its contract.
     outcomes = check(range(20_000, 20_000 + SHORT_SEEDS // 4), coordinator="real")

@@ -18,8 +18,8 @@ import pytest
 from rayqueue import defaults
 from rayqueue.config import QueueConfig
 from rayqueue.errors import ObjectExists, StorageCorrupt, StorageUnavailable
-from rayqueue.log import PartitionLog
-from rayqueue.rows import IdSource, send_rows
+from rayqueue.partition.log import PartitionLog
+from rayqueue.client.rows import IdSource, send_rows
 from rayqueue.storage import CatalogStore, ObjectStore, PartitionStore, RecoveredPartition, format
 
 CONFIG = QueueConfig.build(name="orders", max_messages=1000, max_message_bytes=1024)

@@ -1,4 +1,4 @@
-"""The direct channel (rayqueue.wire): a real asyncio server on loopback, real sockets."""
+"""The direct channel (rayqueue.transport.wire): a real asyncio server on loopback, real sockets."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pyarrow as pa
 import pytest
 
 from rayqueue.errors import MessageTooLarge, RayQueueError
-from rayqueue.wire import AsyncPool, ChannelBroken, Connection, Endpoint, Pool, Server
+from rayqueue.transport.wire import AsyncPool, ChannelBroken, Connection, Endpoint, Pool, Server
 
 
 class Unpicklable(Exception):
@@ -224,7 +224,7 @@ def test_async_call_to_a_stopped_server_is_channel_broken(running):
 
 
 def test_a_connection_that_never_presents_the_token_is_dropped(running, monkeypatch):
-    import rayqueue.wire as wire
+    import rayqueue.transport.wire as wire
 
     monkeypatch.setattr(wire, "HELLO_TIMEOUT_S", 0.1)
     silent = socket.create_connection((running.endpoint.host, running.endpoint.port))

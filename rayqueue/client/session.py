@@ -27,9 +27,9 @@ import ray
 from ray.exceptions import RayError
 
 from rayqueue import defaults
-from rayqueue.actors.calls import call_coordinator
-from rayqueue.actors.channel import unwrap
-from rayqueue.actors.coordinator import RemoteCoordinator
+from rayqueue.transport.drivers import call_coordinator
+from rayqueue.transport.direct import unwrap
+from rayqueue.actors.coordinator_actor import RemoteCoordinator
 from rayqueue.errors import RayQueueError, StorageMismatch, StorageUnavailable
 
 #: Internal KV key (per namespace) holding a digest of the running coordinator's storage options.

@@ -1,10 +1,10 @@
-"""The user's side: ``connect``, ``Client`` (queues) and ``Queue`` (messages).
+"""``Queue``: a handle on one queue's messages.
 
 A ``Queue`` is a small picklable handle: pass it to Ray tasks and actors and it
 works there as in the driver. It talks straight to the partition actors; the
 coordinator is asked only for the route, when a handle is made and after a
 partition failed. Each operation is written once as a plan (see
-``rayqueue.plan``) and offered blocking and awaitable (``*_async``).
+``rayqueue.client.plan``) and offered blocking and awaitable (``*_async``).
 """
 
 from __future__ import annotations
@@ -22,15 +22,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from rayqueue import defaults
-from rayqueue.actors import calls, session
-from rayqueue.config import QueueConfig, check_queue_name
-from rayqueue.consumer import BufferedConsumer
-from rayqueue.coordinator import Route
+from rayqueue.transport import drivers
+from rayqueue.config import QueueConfig
+from rayqueue.client.consumer import BufferedConsumer
+from rayqueue.routes import Route
+from rayqueue.schemas import DELIVERY_SCHEMA
 from rayqueue.errors import InvalidArgument, InvalidReceipt, PartitionRetired, PartitionUnavailable, QueueFull
 from rayqueue.message import Message, PartitionStats, QueueStats, Receipt, decode_receipt
-from rayqueue.plan import Call, Calls, FirstOf, Plan, Step, Target
-from rayqueue.log import DELIVERY_SCHEMA
-from rayqueue.rows import (
+from rayqueue.client.plan import Call, Calls, FirstOf, Plan, Step, Target
+from rayqueue.client.rows import (
     ArrowBodies,
     Body,
     IdSource,
@@ -44,91 +44,6 @@ from rayqueue.rows import (
     send_rows,
     send_rows_from_arrow,
 )
-
-
-def connect(
-    address: str | None = None,
-    *,
-    storage: str | None = None,
-    storage_options: Mapping[str, Any] | None = None,
-    namespace: str = defaults.NAMESPACE,
-) -> Client:
-    """Attach to Ray (starting a local one if none runs) and to the namespace's coordinator.
-
-    ``storage`` is an fsspec URL; by default ``defaults.STORAGE`` (a ``file://``
-    directory under ``~/.rayqueue``). Asking for other storage than a running
-    coordinator uses raises ``StorageMismatch``.
-    """
-    session.ensure_ray(address, namespace)
-    return Client(session.coordinator(namespace, storage, dict(storage_options or {})))
-
-
-class Client:
-    """Creates, finds, lists and deletes queues."""
-
-    def __init__(self, coordinator: Any) -> None:
-        self._coordinator = coordinator
-
-    @property
-    def storage(self) -> str:
-        return calls.call_coordinator(self._coordinator, "storage_url")
-
-    def create_queue(
-        self,
-        name: str,
-        *,
-        max_messages: int,
-        max_message_bytes: int,
-        partitions: int = 1,
-        visibility_timeout_s: float = defaults.VISIBILITY_TIMEOUT_S,
-        retention_s: float = defaults.RETENTION_S,
-        durability: str = "storage",
-        replicas: int = 0,
-        partition_memory_bytes: int = defaults.PARTITION_MEMORY_BYTES,
-        **settings: Any,
-    ) -> Queue:
-        """Create a queue, or return the existing one if its settings are the same.
-
-        ``replicas`` replica actors per partition (on other nodes where the cluster
-        has them) take over when a leader dies; with ``durability="replicas"`` a
-        send is acknowledged once they hold it, before it is stored. Each partition
-        keeps at most ``partition_memory_bytes`` of message data in memory; a larger
-        backlog waits on storage and is read back as consumers reach it.
-
-        ``settings``: ``hosting="shared"`` puts the partitions in a few shared host actors
-        (for many small queues); ``min_partitions`` and ``max_partitions`` let the coordinator grow
-        and shrink the queue with load, aiming at ``target_send_rate`` sends per second
-        and ``target_backlog`` stored messages per partition, deciding over
-        ``scaling_window_s`` and pausing ``scaling_cooldown_s`` after each change.
-        Raises ``QueueAlreadyExists`` if a queue of that name has other settings.
-        """
-        config = QueueConfig.build(
-            name=name,
-            max_messages=max_messages,
-            max_message_bytes=max_message_bytes,
-            partitions=partitions,
-            visibility_timeout_s=visibility_timeout_s,
-            retention_s=retention_s,
-            durability=durability,
-            replicas=replicas,
-            partition_memory_bytes=partition_memory_bytes,
-            **settings,
-        )
-        route = calls.call_coordinator(self._coordinator, "create_queue", config)
-        return Queue(name, self._coordinator, route)
-
-    def get_queue(self, name: str) -> Queue:
-        """The queue ``name``; raises ``QueueNotFound``."""
-        check_queue_name(name)
-        return Queue(name, self._coordinator, calls.call_coordinator(self._coordinator, "route", name))
-
-    def list_queues(self) -> list[str]:
-        return calls.call_coordinator(self._coordinator, "list_queues")
-
-    def delete_queue(self, name: str) -> None:
-        """Delete the queue and its stored data; returns once the data is gone."""
-        check_queue_name(name)
-        calls.call_coordinator(self._coordinator, "delete_queue", name)
 
 
 class Queue:
@@ -174,7 +89,7 @@ class Queue:
         Messages with the same ``key`` go to the same partition, in order. A
         ``message_id`` sent again within five minutes is stored only once.
         """
-        return calls.run(self._target, self._send_plan(body, key, attributes, message_id))
+        return drivers.run(self._target, self._send_plan(body, key, attributes, message_id))
 
     async def send_async(
         self,
@@ -184,7 +99,7 @@ class Queue:
         attributes: Mapping[str, str] | None = None,
         message_id: str | None = None,
     ) -> str:
-        return await calls.run_async(self._target, self._send_plan(body, key, attributes, message_id))
+        return await drivers.run_async(self._target, self._send_plan(body, key, attributes, message_id))
 
     def send_batch(self, bodies: Sequence[Body] | ArrowBodies) -> Any:
         """Send many messages in one call, all or nothing; return their ids once stored.
@@ -195,10 +110,10 @@ class Queue:
         columns. Rows with keys go to their keys' partitions: all or nothing then
         holds per partition.
         """
-        return calls.run(self._target, self._send_batch_plan(bodies))
+        return drivers.run(self._target, self._send_batch_plan(bodies))
 
     async def send_batch_async(self, bodies: Sequence[Body] | ArrowBodies) -> Any:
-        return await calls.run_async(self._target, self._send_batch_plan(bodies))
+        return await drivers.run_async(self._target, self._send_batch_plan(bodies))
 
     def receive(
         self, max_messages: int = 1, *, wait_s: float = 0.0, visibility_timeout_s: float | None = None
@@ -211,13 +126,13 @@ class Queue:
         timeout runs). Only when every partition fails does it wait, holding
         nothing, as a single-partition receive does (``PartitionUnavailable`` after
         ``defaults.PARTITION_RETRY_S``)."""
-        return calls.run(self._target, self._messages(self._receive_plan(max_messages, wait_s, visibility_timeout_s)))
+        return drivers.run(self._target, self._messages(self._receive_plan(max_messages, wait_s, visibility_timeout_s)))
 
     async def receive_async(
         self, max_messages: int = 1, *, wait_s: float = 0.0, visibility_timeout_s: float | None = None
     ) -> list[Message]:
         plan = self._messages(self._receive_plan(max_messages, wait_s, visibility_timeout_s))
-        return await calls.run_async(self._target, plan)
+        return await drivers.run_async(self._target, plan)
 
     def receive_batch(
         self, max_messages: int = 1000, *, wait_s: float = 0.0, visibility_timeout_s: float | None = None
@@ -225,38 +140,38 @@ class Queue:
         """Like ``receive``, as one Arrow table with no per-message Python objects:
         columns id, body, receipt, receive_count, sent_at, attributes, key. Pass its
         ``receipt`` column to ``delete_batch``."""
-        return calls.run(self._target, self._table(self._receive_plan(max_messages, wait_s, visibility_timeout_s)))
+        return drivers.run(self._target, self._table(self._receive_plan(max_messages, wait_s, visibility_timeout_s)))
 
     async def receive_batch_async(
         self, max_messages: int = 1000, *, wait_s: float = 0.0, visibility_timeout_s: float | None = None
     ) -> pa.Table:
         plan = self._table(self._receive_plan(max_messages, wait_s, visibility_timeout_s))
-        return await calls.run_async(self._target, plan)
+        return await drivers.run_async(self._target, plan)
 
     def delete(self, receipt: str) -> None:
         """Delete a received message for good; return once the delete is stored."""
-        calls.run(self._target, self._delete_plan([receipt]))
+        drivers.run(self._target, self._delete_plan([receipt]))
 
     async def delete_async(self, receipt: str) -> None:
-        await calls.run_async(self._target, self._delete_plan([receipt]))
+        await drivers.run_async(self._target, self._delete_plan([receipt]))
 
     def delete_batch(self, receipts: Sequence[str] | pa.Array | pa.ChunkedArray) -> None:
         """Delete many messages (receipts as a list, or ``receive_batch``'s receipt column);
         if any receipt is invalid, none of its partition's are deleted."""
-        calls.run(self._target, self._delete_plan(receipts))
+        drivers.run(self._target, self._delete_plan(receipts))
 
     async def delete_batch_async(self, receipts: Sequence[str] | pa.Array | pa.ChunkedArray) -> None:
-        await calls.run_async(self._target, self._delete_plan(receipts))
+        await drivers.run_async(self._target, self._delete_plan(receipts))
 
     def change_visibility(self, receipt: str, timeout_s: float) -> None:
         """Make an in-flight message visible again ``timeout_s`` from now (0: at once)."""
-        calls.run(self._target, self._visibility_plan(receipt, timeout_s))
+        drivers.run(self._target, self._visibility_plan(receipt, timeout_s))
 
     async def change_visibility_async(self, receipt: str, timeout_s: float) -> None:
-        await calls.run_async(self._target, self._visibility_plan(receipt, timeout_s))
+        await drivers.run_async(self._target, self._visibility_plan(receipt, timeout_s))
 
     def stats(self) -> QueueStats:
-        return calls.run(self._target, self._stats_plan())
+        return drivers.run(self._target, self._stats_plan())
 
     def consumer(
         self,
@@ -268,7 +183,7 @@ class Queue:
     ) -> BufferedConsumer:
         """An opt-in consumer that prefetches ``prefetch`` messages per call and sends
         deletes in batches; buffered deletes are durable once flushed (see
-        ``rayqueue.consumer``). Use it in a ``with`` block."""
+        ``rayqueue.client.consumer``). Use it in a ``with`` block."""
         return BufferedConsumer(
             self,
             prefetch=prefetch,
@@ -278,7 +193,7 @@ class Queue:
         )
 
     async def stats_async(self) -> QueueStats:
-        return await calls.run_async(self._target, self._stats_plan())
+        return await drivers.run_async(self._target, self._stats_plan())
 
     # ------------------------------------------------------------------- plans
 

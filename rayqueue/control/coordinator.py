@@ -35,7 +35,7 @@ from typing import Any, Protocol
 import pydantic
 
 from rayqueue import defaults
-from rayqueue.autoscale import LoadSample, ScalingPolicy, decide
+from rayqueue.control.autoscale import LoadSample, ScalingPolicy, decide
 from rayqueue.config import QueueConfig, check_queue_name, describe_validation_error
 from rayqueue.errors import (
     ObjectExists,
@@ -45,6 +45,7 @@ from rayqueue.errors import (
     RayQueueError,
     StorageCorrupt,
 )
+from rayqueue.routes import Route
 from rayqueue.storage import CatalogStore, ObjectStore, format, partition_prefix, queue_prefix
 
 log = logging.getLogger(__name__)
@@ -224,20 +225,6 @@ def promotable(config: QueueConfig, placement: Placement, dead: set[str]) -> lis
     if config.durability == "replicas":
         return in_sync
     return in_sync + [r for r in placement.replicas if r not in dead and r not in in_sync]
-
-
-@dataclass(frozen=True)
-class Route:
-    """How a handle reaches a queue: its settings and one leader actor per partition."""
-
-    config: QueueConfig
-    uid: str
-    partitions: tuple[Any, ...]
-    #: Partitions being retired: receive from them, send elsewhere.
-    retiring: frozenset[int] = frozenset()
-
-    def sendable(self) -> list[int]:
-        return [p for p in range(len(self.partitions)) if p not in self.retiring]
 
 
 def policy_of(config: QueueConfig) -> ScalingPolicy:

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 from rayqueue.errors import PartitionFenced
-from rayqueue.group_commit import GroupCommit
+from rayqueue.partition.group_commit import GroupCommit
 
 
 class Leadership:

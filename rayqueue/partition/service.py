@@ -7,13 +7,13 @@ deterministic simulation as it is, and one actor process can host many.
 The protocol, each rule kept by a piece of its own:
 
 - Persist, then publish: a send becomes receivable only once it is as durable as
-  the queue's ``durability`` promises (``rayqueue.durability``); a delete takes
+  the queue's ``durability`` promises (``rayqueue.partition.durability``); a delete takes
   effect only then.
-- One ordered writer per kind of object (``rayqueue.writer.OrderedWriter``): what
+- One ordered writer per kind of object (``rayqueue.partition.writer.OrderedWriter``): what
   an epoch stored is always a prefix of what it wrote.
-- Floors only pass what is settled (``rayqueue.writer.Settlement``): stored *and*
+- Floors only pass what is settled (``rayqueue.partition.writer.Settlement``): stored *and*
   in the log. Checkpoints and replica releases use those floors only.
-- Only the leader serves (``rayqueue.leadership.Leadership``): whatever is answered
+- Only the leader serves (``rayqueue.partition.leadership.Leadership``): whatever is answered
   from memory waits for a look at storage that began after the call arrived.
 - A fenced leader (replaced, or unable to store what it acknowledged) serves and
   acknowledges nothing more.
@@ -33,18 +33,18 @@ import pyarrow.compute as pc
 
 from rayqueue import defaults
 from rayqueue.config import QueueConfig
-from rayqueue.durability import Durability, ReplicasFirst, StorageFirst
+from rayqueue.partition.durability import Durability, ReplicasFirst, StorageFirst
 from rayqueue.errors import MessageTooLarge, PartitionFenced, PartitionRetired, RayQueueError, StorageCorrupt
-from rayqueue.group_commit import GroupCommit
-from rayqueue.leadership import Leadership
-from rayqueue.log import DeleteTicket, PartitionLog
+from rayqueue.partition.group_commit import GroupCommit
+from rayqueue.partition.leadership import Leadership
+from rayqueue.partition.log import DeleteTicket, PartitionLog
 from rayqueue.message import PartitionStats
-from rayqueue.metrics import NoMetrics, PartitionMetrics
-from rayqueue.replication import HeldWrites, ReplicaSet
+from rayqueue.partition.metrics import NoMetrics, PartitionMetrics
+from rayqueue.partition.replication import HeldWrites, ReplicaSet
 from rayqueue.storage import PartitionStore, RecoveredPartition
-from rayqueue.storage.format import body_sizes
+from rayqueue.schemas import body_sizes
 from rayqueue.storage.partition_store import Checkpoint
-from rayqueue.writer import OrderedWriter, RunBlocking, Settlement
+from rayqueue.partition.writer import OrderedWriter, RunBlocking, Settlement
 
 log = logging.getLogger(__name__)
 

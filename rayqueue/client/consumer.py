@@ -26,7 +26,7 @@ from rayqueue.errors import InvalidArgument
 from rayqueue.message import Message
 
 if TYPE_CHECKING:
-    from rayqueue.client import Queue
+    from rayqueue.client.queue import Queue
 
 
 class BufferedConsumer:

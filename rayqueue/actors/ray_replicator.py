@@ -1,5 +1,5 @@
 """A leader's link to its replica actors and to the coordinator, over Ray and the
-direct channel: the transport under ``rayqueue.replication.ReplicaSet``."""
+direct channel: the transport under ``rayqueue.partition.replication.ReplicaSet``."""
 
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ import pyarrow as pa
 import ray
 
 from rayqueue import defaults
-from rayqueue.actors import channel
-from rayqueue.actors.calls import call_coordinator_async
+from rayqueue.transport import direct as channel
+from rayqueue.transport.drivers import call_coordinator_async
 
 
 class RayReplicaLink:
-    """Implements ``rayqueue.replication.ReplicaLink``.
+    """Implements ``rayqueue.partition.replication.ReplicaLink``.
 
     ``leader`` is the name of the leader actor this link speaks for: the coordinator
     takes reports about a partition's in-sync set only from its current leader.

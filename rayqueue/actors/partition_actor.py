@@ -22,21 +22,21 @@ import pyarrow as pa
 import ray
 
 from rayqueue import defaults
-from rayqueue.actors.metrics import RayPartitionMetrics
-from rayqueue.actors.replicator import RayReplicaLink
+from rayqueue.actors.ray_metrics import RayPartitionMetrics
+from rayqueue.actors.ray_replicator import RayReplicaLink
 from rayqueue.config import QueueConfig
 from rayqueue.errors import PartitionFenced, PartitionUnavailable
 from rayqueue.message import PartitionStats
-from rayqueue.partition import PartitionService
-from rayqueue.replication import ReplicaSet, ReplicaState
+from rayqueue.partition.service import PartitionService
+from rayqueue.partition.replication import ReplicaSet, ReplicaState
 from rayqueue.storage import ObjectStore, PartitionStore
-from rayqueue.wire import Endpoint, Parked, Server
+from rayqueue.transport.wire import Endpoint, Parked, Server
 
 log = logging.getLogger(__name__)
 
 Role = Literal["leader", "replica"]
 
-#: What handles may call over the direct channel (rayqueue.wire): the data calls only.
+#: What handles may call over the direct channel (rayqueue.transport.wire): the data calls only.
 WIRE_METHODS = frozenset({"send", "receive", "wait_visible", "delete", "change_visibility", "stats"})
 #: How long a parked reply waits to be fetched.
 PARKED_FOR_S = 60.0
@@ -171,7 +171,7 @@ class PartitionActor:
         return self._replicas.names() if self._service is not None else []
 
     async def wire_endpoint(self) -> Endpoint:
-        """Where handles make data calls without Ray's per-call cost (see rayqueue.wire)."""
+        """Where handles make data calls without Ray's per-call cost (see rayqueue.transport.wire)."""
         self._wire, endpoint = await serve_wire(self._wire, self.dispatch)
         return endpoint
 

@@ -18,9 +18,9 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from rayqueue import defaults
 from rayqueue.actors.host import RemoteHost
 from rayqueue.actors.hosted import HostedPartition
-from rayqueue.actors.partition import RemotePartition, Role
+from rayqueue.actors.partition_actor import RemotePartition, Role
 from rayqueue.config import QueueConfig
-from rayqueue.coordinator import (
+from rayqueue.control.coordinator import (
     ORPHAN_SWEEP_INTERVAL_S,
     SHARED_PREFIX,
     Coordinator,

@@ -1,12 +1,12 @@
 """Every call a handle makes to an actor goes through here.
 
-Data calls to partitions go over the direct channel (``rayqueue.actors.channel``),
+Data calls to partitions go over the direct channel (``rayqueue.transport.direct``),
 long-poll probes and coordinator calls through Ray. Here transport errors become
 rayqueue's: an error raised inside an actor comes back as itself, and a
 partition that died or is restarting is retried, after a fresh route from the
 coordinator, until ``PARTITION_RETRY_S`` has passed; then the caller gets
 ``PartitionUnavailable``. A call marked ``once`` is not retried (see
-``rayqueue.plan``). A coordinator call never lets a Ray error out: a coordinator
+``rayqueue.client.plan``). A coordinator call never lets a Ray error out: a coordinator
 that restarts, or that met a dead actor while it failed one over, is retried;
 then the caller gets a ``RayQueueError`` naming the coordinator. Nothing here
 knows a queue's rules.
@@ -22,11 +22,11 @@ import ray
 from ray.exceptions import GetTimeoutError, ObjectLostError, RayActorError, RayError, RayTaskError, TaskCancelledError
 
 from rayqueue import defaults
-from rayqueue.actors import channel
-from rayqueue.actors.channel import unwrap
+from rayqueue.transport import direct as channel
+from rayqueue.transport.direct import unwrap
 from rayqueue.errors import PartitionFenced, PartitionRetired, PartitionUnavailable, RayQueueError
-from rayqueue.plan import Call, Calls, FirstOf, Plan, Step, T, Target
-from rayqueue.wire import ChannelBroken
+from rayqueue.client.plan import Call, Calls, FirstOf, Plan, Step, T, Target
+from rayqueue.transport.wire import ChannelBroken
 
 #: Errors after which the same call may succeed once the actor is back.
 _RETRYABLE = (RayActorError, ObjectLostError, GetTimeoutError, ChannelBroken)

@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 
 from rayqueue import defaults
-from rayqueue.replication import ReplicaSet
+from rayqueue.partition.replication import ReplicaSet
 
 
 class Durability(Protocol):

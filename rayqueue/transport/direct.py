@@ -1,4 +1,4 @@
-"""Partition calls over the direct channel (``rayqueue.wire``), or through Ray.
+"""Partition calls over the direct channel (``rayqueue.transport.wire``), or through Ray.
 
 A route names each partition by its Ray actor handle (or, for a partition in a
 shared host, by the host's handle and the partition's name). The first call to
@@ -28,7 +28,7 @@ import ray
 from ray.exceptions import RayTaskError
 
 from rayqueue.actors.hosted import HostedPartition
-from rayqueue.wire import AsyncPool, ChannelBroken, Connection, Endpoint, Parked, Pool
+from rayqueue.transport.wire import AsyncPool, ChannelBroken, Connection, Endpoint, Parked, Pool
 
 log = logging.getLogger(__name__)
 

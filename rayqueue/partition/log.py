@@ -26,18 +26,7 @@ import numpy as np
 import pyarrow as pa
 
 from rayqueue.errors import InvalidReceipt, QueueFull
-from rayqueue.storage.format import SEGMENT_SCHEMA, body_sizes
-
-#: Columns a delivery adds to the segment's own: the delivery's count and token, and the
-#: epoch of the leader that served it (receipts carry it, so a delivery can be attributed).
-DELIVERY_SCHEMA = pa.schema(
-    [
-        *SEGMENT_SCHEMA,
-        pa.field("receive_count", pa.int32()),
-        pa.field("token", pa.int64()),
-        pa.field("epoch", pa.int64()),
-    ]
-)
+from rayqueue.schemas import DELIVERY_SCHEMA, SEGMENT_SCHEMA, body_sizes
 
 _MICROS = 1_000_000
 

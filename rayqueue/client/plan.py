@@ -2,7 +2,7 @@
 
 A queue operation is a generator (a *plan*) that yields the partition calls it
 needs and receives their results; errors of those calls are thrown into it.
-Two small drivers in ``rayqueue.actors.calls`` run a plan: one with
+Two small drivers in ``rayqueue.transport.drivers`` run a plan: one with
 ``ray.get`` for plain code, one with ``await`` for async actors. Retrying a
 restarting partition and translating Ray's errors live in the drivers, so the
 plans hold only the queue's own rules.
@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar, Union
 
 from rayqueue import defaults
-from rayqueue.coordinator import Route
+from rayqueue.routes import Route
 
 T = TypeVar("T")
 

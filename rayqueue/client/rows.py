@@ -19,7 +19,7 @@ from rayqueue import defaults
 from rayqueue.config import QueueConfig
 from rayqueue.errors import InvalidArgument, InvalidReceipt, MessageTooLarge
 from rayqueue.message import RECEIPT_PATTERN, Message, decode_receipt, encode_receipt, shown
-from rayqueue.storage.format import SEND_SCHEMA
+from rayqueue.schemas import SEND_SCHEMA
 
 Body = bytes | bytearray | memoryview | str
 

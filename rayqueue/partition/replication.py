@@ -108,7 +108,7 @@ class ReplicaState:
 
 class ReplicaLink(Protocol):
     """How a leader reaches its replicas and the coordinator: Ray in production
-    (``rayqueue.actors.replicator``), fakes in tests and the simulation."""
+    (``rayqueue.actors.ray_replicator``), fakes in tests and the simulation."""
 
     async def hold(self, replica: str, method: str, args: tuple[Any, ...]) -> None:
         """Call ``hold_segment`` or ``hold_deletes`` on a replica; raise if it did not take it."""
