@@ -53,12 +53,12 @@ import ray
 from ray.cluster_utils import Cluster
 from ray.exceptions import GetTimeoutError, RayActorError
 from ray.util.state import list_actors
+from summary import print_summary
 
 import rayqueue
 from rayqueue import defaults
 from rayqueue.errors import RayQueueError
 from rayqueue.message import decode_receipt
-from summary import print_summary
 
 ROOT = Path(__file__).resolve().parents[1]
 # The test suite's helpers (free ports, the SeaweedFS server) are imported where used.
@@ -512,8 +512,13 @@ def explain(ledger: Ledger, timeline: list[tuple[float, str, int]], started: flo
         for message_id in resurrected[:20]:
             events.append((ledger.deleted_at[message_id], f"DELETE of {message_id} acknowledged"))
             for d in ledger.deliveries[message_id]:
-                events.append((d.started, f"receive call started that delivered {message_id} "
-                               f"(returned at {d.returned - started:.3f} s; epoch {d.epoch}; receipt {d.receipt})"))
+                events.append(
+                    (
+                        d.started,
+                        f"receive call started that delivered {message_id} "
+                        f"(returned at {d.returned - started:.3f} s; epoch {d.epoch}; receipt {d.receipt})",
+                    )
+                )
     if not lost and not resurrected:
         return
     for at, what in sorted(events):
@@ -525,7 +530,7 @@ def report_losses(queue: rayqueue.Queue, storage: Storage, ledger: Ledger) -> No
     on storage the lost messages are (kept for inspection: the storage is not removed)."""
     lost: dict[int, set[str]] = defaultdict(set)
     with ledger.lock:
-        for message_id, (partition, at) in ledger.acknowledged.items():
+        for message_id, (partition, _at) in ledger.acknowledged.items():
             if message_id not in ledger.deliveries:
                 lost[partition].add(message_id)
     for partition, ids in sorted(lost.items()):
@@ -555,11 +560,13 @@ def locate_lost(storage: Storage, queue_name: str, lost: dict[int, set[str]]) ->
     from rayqueue.storage.objects import ObjectStore
 
     root = ObjectStore(storage.url, storage.options)
-    prefixes = sorted({name.split("/")[1] for name in root.list("queues/") if name.split("/")[1].startswith(f"{queue_name}.")})
+    prefixes = sorted(
+        {name.split("/")[1] for name in root.list("queues/") if name.split("/")[1].startswith(f"{queue_name}.")}
+    )
     for prefix in prefixes:
         for partition, ids in sorted(lost.items()):
             store = root.child(f"queues/{prefix}/{partition}")
-            say = lambda text: print(f"[storage p{partition}] {text}", file=sys.stderr, flush=True)  # noqa: E731
+            say = lambda text: print(f"[storage p{partition}] {text}", file=sys.stderr, flush=True)  # noqa: E731, B023 -- used within the iteration
             fences = []
             for name in store.list("epochs/"):
                 if name.endswith(".json"):
@@ -571,17 +578,26 @@ def locate_lost(storage: Storage, queue_name: str, lost: dict[int, set[str]]) ->
             for name in store.list("segments/"):
                 table = format.decode_segment(store.get(name), name)
                 first, epoch = format.parse_object_name(name.split("/")[-1])
-                hits = [(o, i) for o, i in zip(table.column("offset").to_pylist(), table.column("id").to_pylist()) if i in ids]
+                hits = [
+                    (o, i)
+                    for o, i in zip(table.column("offset").to_pylist(), table.column("id").to_pylist())
+                    if i in ids
+                ]
                 excluded = [f["epoch"] for f in fences if epoch < f["epoch"] and first >= f["next_offset"]]
                 if hits:
                     found.update(hits)
-                    say(f"segment {name}: {table.num_rows} rows, {len(hits)} lost ids, offsets {hits[0][0]}..{hits[-1][0]}"
-                        f"{f', EXCLUDED by fences of epochs {excluded}' if excluded else ''}")
+                    say(
+                        f"segment {name}: {table.num_rows} rows, {len(hits)} lost ids, "
+                        f"offsets {hits[0][0]}..{hits[-1][0]}"
+                        f"{f', EXCLUDED by fences of epochs {excluded}' if excluded else ''}"
+                    )
             for name in store.list("deletes/"):
                 offsets = set(format.decode_deletes(store.get(name), name).tolist()) & set(found)
                 if offsets:
                     say(f"delete log {name} names {len(offsets)} lost offsets, e.g. {sorted(offsets)[:3]}")
-            say(f"{len(ids)} lost, {len(found)} of them in a stored segment, {len(ids) - len(found)} nowhere on storage")
+            say(
+                f"{len(ids)} lost, {len(found)} of them in a stored segment, {len(ids) - len(found)} nowhere on storage"
+            )
 
 
 def coordinator_failovers(namespace: str) -> list[float]:
@@ -690,8 +706,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     summary: dict[str, Any] = {
-        "rounds": args.rounds, "seed": args.seed, "durability": args.durability, "replicas": args.replicas,
-        "partitions": args.partitions, "nodes": args.nodes, "interval_s": args.interval,
+        "rounds": args.rounds,
+        "seed": args.seed,
+        "durability": args.durability,
+        "replicas": args.replicas,
+        "partitions": args.partitions,
+        "nodes": args.nodes,
+        "interval_s": args.interval,
     }
     failure: BaseException | None = None
     storage = cluster = client = queue = None

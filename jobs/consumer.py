@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import ray
+from summary import print_summary
 
 import rayqueue
-from summary import print_summary
 
 #: Seconds between progress lines.
 PROGRESS_EVERY_S = 2.0

@@ -25,9 +25,9 @@ import uuid
 from typing import Any
 
 import ray
+from summary import print_summary
 
 import rayqueue
-from summary import print_summary
 
 
 @ray.remote(num_cpus=0)

@@ -25,9 +25,9 @@ from typing import Any
 import pyarrow as pa
 import ray
 import ray.data
+from summary import print_summary
 
 import rayqueue
-from summary import print_summary
 from rayqueue.data import write_dataset
 
 #: Seconds between progress lines.

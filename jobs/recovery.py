@@ -21,9 +21,9 @@ import sys
 import tempfile
 import time
 
+from rayqueue.client.rows import IdSource, send_rows
 from rayqueue.config import QueueConfig
 from rayqueue.partition.service import PartitionService
-from rayqueue.client.rows import IdSource, send_rows
 from rayqueue.storage import PartitionStore
 from rayqueue.storage.counting import CountingStore
 

@@ -21,9 +21,9 @@ import time
 from dataclasses import asdict, dataclass
 
 import ray
+from summary import print_summary
 
 import rayqueue
-from summary import print_summary
 
 
 @dataclass
@@ -46,7 +46,9 @@ def rate_at(t: float, args: argparse.Namespace) -> float:
     return max(0.0, args.peak * (1 - down / args.ramp_s))
 
 
-def produce(queue: rayqueue.Queue, args: argparse.Namespace, started: float, sent: list[str], stop: threading.Event) -> None:
+def produce(
+    queue: rayqueue.Queue, args: argparse.Namespace, started: float, sent: list[str], stop: threading.Event
+) -> None:
     owed = 0.0
     last = time.monotonic()
     while not stop.is_set():
@@ -107,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         default=[],
         metavar="NAME=AMOUNT",
-        help="a resource each partition asks Ray for (cluster.yaml's rayqueue_partition=1 makes the autoscaler add nodes)",
+        help="a resource each partition asks Ray for "
+        "(cluster.yaml's rayqueue_partition=1 makes the autoscaler add nodes)",
     )
     parser.add_argument("--chart", default="scaling.png")
     parser.add_argument("--json", default="scaling.json", help="the recorded points")
@@ -155,7 +158,10 @@ def main(argv: list[str] | None = None) -> int:
             )
             previous = len(sent)
             if len(points) % 10 == 0:
-                print(f"  {elapsed:5.0f}s  {points[-1].sent_rate:6.0f} msg/s  partitions {points[-1].partitions}", flush=True)
+                print(
+                    f"  {elapsed:5.0f}s  {points[-1].sent_rate:6.0f} msg/s  partitions {points[-1].partitions}",
+                    flush=True,
+                )
     finally:
         stop_producer.set()
         producer.join()

@@ -6,42 +6,69 @@ Each mutant puts one hole the review found (or one the simulation found) back in
 write path by patching the running modules, then plays schedules until they fail. A
 mutant no schedule catches is a blind spot of the simulation.
 """
+
 import sys
 
 from rayqueue.partition import leadership, replication, writer
 from rayqueue.simulation import run
 
+
 def f1():  # floors pass stored-but-unpublished keys
-    orig = writer.Settlement.open
-    def open_(self, key): self._waiting[key] = {"stored"}
+    def open_(self, key):
+        self._waiting[key] = {"stored"}
+
     writer.Settlement.open = open_
+
+
 def f2():  # a failed background store is forgotten
     orig = writer.OrderedWriter.__init__
+
     def init(self, *a, **k):
-        orig(self, *a, **k); self._fatal = False
+        orig(self, *a, **k)
+        self._fatal = False
+
     writer.OrderedWriter.__init__ = init
+
+
 def f3():  # no read-index: memory answers without confirming leadership
-    async def confirm(self): return None
+    async def confirm(self):
+        return None
+
     leadership.Leadership.confirm = confirm
+
+
 def f5():  # acknowledge on the local in-sync set, recorded or not, and shrink at once
     orig = replication.ReplicaSet._to_all
+
     async def to_all(self, method, args):
-        await orig(self, method, args); return bool(self._in_sync)
+        await orig(self, method, args)
+        return bool(self._in_sync)
+
     replication.ReplicaSet._to_all = to_all
+
+
 def shrink():  # report a lost replica before its acknowledged writes are stored
-    async def nothing(): return None
+    async def nothing():
+        return None
+
     orig = replication.ReplicaSet.__init__
+
     def init(self, *a, **k):
         orig(self, *a, **k)
         object.__setattr__(self, "stored", nothing)
+
     replication.ReplicaSet.__init__ = init
     replication.ReplicaSet.stored = property(lambda self: nothing, lambda self, v: None)
+
+
 MUTANTS = {"F1": f1, "F2": f2, "F3": f3, "F5": f5, "shrink": shrink}
-name = sys.argv[1]; MUTANTS[name]()
+name = sys.argv[1]
+MUTANTS[name]()
 found = []
 for seed in range(int(sys.argv[2])):
     o = run(seed)
     if not o.ok:
         found.append(seed)
-        if len(found) == 1: print(name, "first found by", o.summary(), flush=True)
+        if len(found) == 1:
+            print(name, "first found by", o.summary(), flush=True)
 print(name, f"{len(found)} of {sys.argv[2]} seeds fail; first seeds {found[:5]}")

@@ -30,7 +30,9 @@ def main() -> int:
     parser.add_argument("--heavy", action="store_true", help="more storage and replica faults")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     parser.add_argument(
-        "--coordinator", choices=["model", "real"], default="model",
+        "--coordinator",
+        choices=["model", "real"],
+        default="model",
         help="the coordinator: a model of its contract, or rayqueue.control.coordinator.Coordinator itself",
     )
     args = parser.parse_args()

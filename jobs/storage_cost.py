@@ -22,14 +22,16 @@ import time
 import uuid
 from typing import Any
 
+from rayqueue.client.rows import IdSource, send_rows
 from rayqueue.config import QueueConfig
 from rayqueue.partition.service import PartitionService
-from rayqueue.client.rows import IdSource, send_rows
 from rayqueue.storage import PartitionStore
 from rayqueue.storage.counting import CountingStore
 
 
-async def workload(service: PartitionService, config: QueueConfig, batch: int, total: int, args: argparse.Namespace) -> list[float]:
+async def workload(
+    service: PartitionService, config: QueueConfig, batch: int, total: int, args: argparse.Namespace
+) -> list[float]:
     ids, body, latencies = IdSource(), b"x" * args.size, []
     per_producer = total // args.producers // batch
 

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from rayqueue import defaults
 from rayqueue.errors import InvalidArgument
 
-_NAME = re.compile(r"[A-Za-z0-9_-]{1,%d}" % defaults.MAX_NAME_LENGTH)
+_NAME = re.compile(rf"[A-Za-z0-9_-]{{1,{defaults.MAX_NAME_LENGTH}}}")
 
 Durability = Literal["storage", "replicas"]
 
@@ -20,8 +20,7 @@ def check_queue_name(name: object) -> str:
     """Return ``name`` if it is a valid queue name, else raise :class:`InvalidArgument`."""
     if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise InvalidArgument(
-            f"queue name {name!r} must be 1 to {defaults.MAX_NAME_LENGTH} characters "
-            "of letters, digits, '-' and '_'",
+            f"queue name {name!r} must be 1 to {defaults.MAX_NAME_LENGTH} characters of letters, digits, '-' and '_'",
             name=name,
         )
     return name
@@ -53,9 +52,7 @@ class QueueConfig(BaseModel):
     visibility_timeout_s: float = Field(
         default=defaults.VISIBILITY_TIMEOUT_S, ge=0.0, le=defaults.MAX_VISIBILITY_TIMEOUT_S
     )
-    retention_s: float = Field(
-        default=defaults.RETENTION_S, ge=defaults.MIN_RETENTION_S, le=defaults.MAX_RETENTION_S
-    )
+    retention_s: float = Field(default=defaults.RETENTION_S, ge=defaults.MIN_RETENTION_S, le=defaults.MAX_RETENTION_S)
     #: Message data each partition keeps in memory; a larger backlog waits on storage.
     partition_memory_bytes: int = Field(
         default=defaults.PARTITION_MEMORY_BYTES, ge=defaults.MIN_PARTITION_MEMORY_BYTES, le=64 << 30

@@ -52,8 +52,7 @@ class QueueAlreadyExists(RayQueueError):
 
     def __init__(self, name: str, differences: dict[str, tuple[Any, Any]]) -> None:
         detail = ", ".join(
-            f"{field}: existing {old!r}, requested {new!r}"
-            for field, (old, new) in sorted(differences.items())
+            f"{field}: existing {old!r}, requested {new!r}" for field, (old, new) in sorted(differences.items())
         )
         super().__init__(
             f"queue {name!r} already exists with other settings ({detail})",
@@ -80,8 +79,7 @@ class MessageTooLarge(RayQueueError, ValueError):
 
     def __init__(self, name: str, size: int, limit: int, index: int = 0) -> None:
         super().__init__(
-            f"message {index} for queue {name!r} is {size} bytes, "
-            f"over the queue's max_message_bytes of {limit}",
+            f"message {index} for queue {name!r} is {size} bytes, over the queue's max_message_bytes of {limit}",
             name=name,
             size=size,
             limit=limit,

@@ -122,4 +122,4 @@ def decode_receipt(receipt: object) -> Receipt:
 
 def shown(text: str) -> str:
     """``text`` cut for quoting in an error message."""
-    return text if len(text) <= _SHOWN_CHARS else f"{text[:_SHOWN_CHARS - 3]}..."
+    return text if len(text) <= _SHOWN_CHARS else f"{text[: _SHOWN_CHARS - 3]}..."

@@ -44,7 +44,11 @@ def body_sizes(bodies: pa.Array | pa.ChunkedArray) -> np.ndarray:
     """Each body's length in bytes, from the offsets (no compute kernel per call)."""
     if isinstance(bodies, pa.ChunkedArray):
         if bodies.num_chunks != 1:
-            return np.concatenate([body_sizes(chunk) for chunk in bodies.chunks]) if bodies.num_chunks else np.empty(0, np.int64)
+            return (
+                np.concatenate([body_sizes(chunk) for chunk in bodies.chunks])
+                if bodies.num_chunks
+                else np.empty(0, np.int64)
+            )
         bodies = bodies.chunk(0)
     width = np.int64 if pa.types.is_large_binary(bodies.type) or pa.types.is_large_string(bodies.type) else np.int32
     offsets = np.frombuffer(bodies.buffers()[1], width)[bodies.offset : bodies.offset + len(bodies) + 1]

@@ -6,7 +6,6 @@ import os
 from collections.abc import Iterator
 
 import pytest
-
 from support.seaweed import SeaweedServer
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")

@@ -191,7 +191,9 @@ class RayLauncher:
             try:
                 ray.get(host.add.remote(name, *args), timeout=START_TIMEOUT_S)
             except (RayActorError, RayTaskError, GetTimeoutError) as error:
-                raise PartitionUnavailable(record.config.name, partition, f"hosting {name}: {_describe(error)}") from None
+                raise PartitionUnavailable(
+                    record.config.name, partition, f"hosting {name}: {_describe(error)}"
+                ) from None
             return HostedPartition(host, name)
         return RemotePartition.options(**options).remote(*args)
 

@@ -50,7 +50,6 @@ class PartitionHost:
         result = getattr(hosted, method)(*args)
         return await result if inspect.isawaitable(result) else result
 
-
     async def wire_endpoint(self) -> Endpoint:
         """One direct-channel server for every partition hosted here; calls name theirs."""
         self._wire, endpoint = await serve_wire(self._wire, self._dispatch)

@@ -27,8 +27,8 @@ from rayqueue.actors.ray_replicator import RayReplicaLink
 from rayqueue.config import QueueConfig
 from rayqueue.errors import PartitionFenced, PartitionUnavailable
 from rayqueue.message import PartitionStats
-from rayqueue.partition.service import PartitionService
 from rayqueue.partition.replication import ReplicaSet, ReplicaState
+from rayqueue.partition.service import PartitionService
 from rayqueue.storage import ObjectStore, PartitionStore
 from rayqueue.transport.wire import Endpoint, Parked, Server
 

@@ -95,5 +95,3 @@ class Client:
         """Delete the queue and its stored data; returns once the data is gone."""
         check_queue_name(name)
         drivers.call_coordinator(self._coordinator, "delete_queue", name)
-
-

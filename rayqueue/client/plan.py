@@ -23,10 +23,10 @@ The driver's contract, which plans rely on:
 
 from __future__ import annotations
 
-from collections.abc import Generator
 import time
+from collections.abc import Generator
 from dataclasses import dataclass, field
-from typing import Any, TypeVar, Union
+from typing import Any, TypeVar
 
 from rayqueue import defaults
 from rayqueue.routes import Route
@@ -69,7 +69,7 @@ class FirstOf:
     timeout_s: float
 
 
-Step = Union[Calls, FirstOf]
+Step = Calls | FirstOf
 Plan = Generator[Step, Any, T]
 
 

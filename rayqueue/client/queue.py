@@ -22,13 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from rayqueue import defaults
-from rayqueue.transport import drivers
-from rayqueue.config import QueueConfig
 from rayqueue.client.consumer import BufferedConsumer
-from rayqueue.routes import Route
-from rayqueue.schemas import DELIVERY_SCHEMA
-from rayqueue.errors import InvalidArgument, InvalidReceipt, PartitionRetired, PartitionUnavailable, QueueFull
-from rayqueue.message import Message, PartitionStats, QueueStats, Receipt, decode_receipt
 from rayqueue.client.plan import Call, Calls, FirstOf, Plan, Step, Target
 from rayqueue.client.rows import (
     ArrowBodies,
@@ -44,6 +38,12 @@ from rayqueue.client.rows import (
     send_rows,
     send_rows_from_arrow,
 )
+from rayqueue.config import QueueConfig
+from rayqueue.errors import InvalidArgument, InvalidReceipt, PartitionRetired, PartitionUnavailable, QueueFull
+from rayqueue.message import Message, PartitionStats, QueueStats, Receipt, decode_receipt
+from rayqueue.routes import Route
+from rayqueue.schemas import DELIVERY_SCHEMA
+from rayqueue.transport import drivers
 
 
 class Queue:
@@ -262,7 +262,9 @@ class Queue:
         stored = 0
         for partition in order:
             try:
-                yield Calls([Call(partition, "send", (rows, dedup), retry_args=(rows, True), bulky=_bulky(rows.nbytes))])
+                yield Calls(
+                    [Call(partition, "send", (rows, dedup), retry_args=(rows, True), bulky=_bulky(rows.nbytes))]
+                )
                 return
             except QueueFull as full:
                 stored += full.stored  # this partition's share is used up; try the next
@@ -280,9 +282,7 @@ class Queue:
             _check_range("visibility_timeout_s", visibility_s, 0.0, defaults.MAX_VISIBILITY_TIMEOUT_S)
         partitions = self._count
         if partitions == 1:
-            (delivery,) = yield Calls(
-                [Call(0, "receive", (max_messages, wait_s, visibility_s), wait_s=wait_s)]
-            )
+            (delivery,) = yield Calls([Call(0, "receive", (max_messages, wait_s, visibility_s), wait_s=wait_s)])
             return [(0, delivery)]
         start = next(self._round_robin)
         order = [(start + i) % partitions for i in range(partitions)]
@@ -341,9 +341,7 @@ class Queue:
                 continue
             partition = first[0]
             try:
-                (delivery,) = yield Calls(
-                    [Call(partition, "receive", (max_messages, 0.0, visibility_s))]
-                )
+                (delivery,) = yield Calls([Call(partition, "receive", (max_messages, 0.0, visibility_s))])
             except PartitionRetired:
                 continue
             if delivery.num_rows:
@@ -352,7 +350,9 @@ class Queue:
 
     def _messages(self, plan: Plan[list[tuple[int, pa.Table]]]) -> Plan[list[Message]]:
         deliveries = yield from plan
-        return [message for partition, delivery in deliveries for message in messages_from_delivery(partition, delivery)]
+        return [
+            message for partition, delivery in deliveries for message in messages_from_delivery(partition, delivery)
+        ]
 
     def _table(self, plan: Plan[list[tuple[int, pa.Table]]]) -> Plan[pa.Table]:
         deliveries = yield from plan
@@ -421,7 +421,10 @@ def _check_batch(count: int) -> None:
 
 def _check_range(name: str, value: object, low: float, high: float, *, integer: bool = False) -> None:
     kinds = (int,) if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kinds) or not (low <= value <= high) or (
-        isinstance(value, float) and math.isnan(value)
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, kinds)
+        or not (low <= value <= high)
+        or (isinstance(value, float) and math.isnan(value))
     ):
         raise InvalidArgument(f"{name} ({value!r}) must be a number from {low} to {high}")

@@ -191,7 +191,11 @@ def send_rows_from_arrow(config: QueueConfig, data: Any, ids: pa.Array) -> pa.Ta
     n = table.num_rows
     attributes_type = SEND_SCHEMA.field("attributes").type
     key = _column(table, "key", (pa.string(), pa.large_string()), pa.string()) if "key" in table.column_names else None
-    attributes = _column(table, "attributes", (attributes_type,), attributes_type) if "attributes" in table.column_names else None
+    attributes = (
+        _column(table, "attributes", (attributes_type,), attributes_type)
+        if "attributes" in table.column_names
+        else None
+    )
     columns = [
         ids,
         body,
@@ -204,7 +208,9 @@ def send_rows_from_arrow(config: QueueConfig, data: Any, ids: pa.Array) -> pa.Ta
 def _column(table: pa.Table, name: str, accepted: tuple[pa.DataType, ...], target: pa.DataType) -> pa.ChunkedArray:
     column = table.column(name)
     if column.type not in accepted:
-        raise InvalidArgument(f"column {name!r} has type {column.type}; it must be one of {', '.join(map(str, accepted))}")
+        raise InvalidArgument(
+            f"column {name!r} has type {column.type}; it must be one of {', '.join(map(str, accepted))}"
+        )
     return column.cast(target)
 
 

@@ -27,10 +27,10 @@ import ray
 from ray.exceptions import RayError
 
 from rayqueue import defaults
-from rayqueue.transport.drivers import call_coordinator
-from rayqueue.transport.direct import unwrap
 from rayqueue.actors.coordinator_actor import RemoteCoordinator
 from rayqueue.errors import RayQueueError, StorageMismatch, StorageUnavailable
+from rayqueue.transport.direct import unwrap
+from rayqueue.transport.drivers import call_coordinator
 
 #: Internal KV key (per namespace) holding a digest of the running coordinator's storage options.
 _OPTIONS_KEY = b"rayqueue:storage-options-digest"
@@ -92,8 +92,7 @@ def check_reachable(target: RayTarget, timeout_s: float = defaults.RAY_CONNECT_T
         socket.create_connection((host, int(port)), timeout=timeout_s).close()
     except OSError as error:
         raise RayQueueError(
-            f"cannot reach Ray: nothing answers at {target.address} ({error.strerror or error}); "
-            + _advice(target),
+            f"cannot reach Ray: nothing answers at {target.address} ({error.strerror or error}); " + _advice(target),
             address=target.address,
             source=target.source,
         ) from None

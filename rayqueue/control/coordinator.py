@@ -35,8 +35,8 @@ from typing import Any, Protocol
 import pydantic
 
 from rayqueue import defaults
-from rayqueue.control.autoscale import LoadSample, ScalingPolicy, decide
 from rayqueue.config import QueueConfig, check_queue_name, describe_validation_error
+from rayqueue.control.autoscale import LoadSample, ScalingPolicy, decide
 from rayqueue.errors import (
     ObjectExists,
     PartitionUnavailable,
@@ -161,7 +161,7 @@ class QueueRecord:
         record = cls(config, uid, created_at=float(data["created_at"]))
         raw = data["placements"]
         if not isinstance(raw, list) or not 1 <= len(raw) <= defaults.MAX_PARTITIONS:
-            raise ValueError("placements must be a list of 1 to %d partitions" % defaults.MAX_PARTITIONS)
+            raise ValueError(f"placements must be a list of 1 to {defaults.MAX_PARTITIONS} partitions")
         placements = tuple(record._checked(p, Placement.from_json(item)) for p, item in enumerate(raw))
         retiring = tuple(data.get("retiring", ()))
         if not all(type(p) is int and 0 <= p < len(placements) for p in retiring):
@@ -297,9 +297,7 @@ class PartitionLauncher(Protocol):
 
 
 class Coordinator:
-    def __init__(
-        self, store: ObjectStore, launcher: PartitionLauncher, new_uid: Callable[[], str] = new_uid
-    ) -> None:
+    def __init__(self, store: ObjectStore, launcher: PartitionLauncher, new_uid: Callable[[], str] = new_uid) -> None:
         """``new_uid`` makes each new queue's uid (the simulation's are seeded)."""
         self._store = store
         self._new_uid = new_uid
@@ -625,7 +623,9 @@ class Coordinator:
             try:
                 self._launcher.fence(replica, epoch)
             except RayQueueError as error:
-                log.warning("queue %s partition %d: could not fence %s (%s); replacing it", name, partition, replica, error)
+                log.warning(
+                    "queue %s partition %d: could not fence %s (%s); replacing it", name, partition, replica, error
+                )
                 unfenced.add(replica)
         return unfenced
 
@@ -638,11 +638,16 @@ class Coordinator:
             log.error(
                 "queue %s partition %d: leader %s and every in-sync replica (%s) are gone; starting a new leader "
                 "from storage. Writes they acknowledged that were not stored yet may be LOST.",
-                name, partition, old.leader, ", ".join(lost),
+                name,
+                partition,
+                old.leader,
+                ", ".join(lost),
             )
         shared = record.config.hosting == "shared"
         leader = actor_name(name, record.uid, partition, old.next_generation, shared)
-        return dataclasses.replace(old.without(dropped), leader=leader, next_generation=old.next_generation + 1, in_sync=())
+        return dataclasses.replace(
+            old.without(dropped), leader=leader, next_generation=old.next_generation + 1, in_sync=()
+        )
 
     def _replace_replicas(self, name: str, partition: int, dead: set[str]) -> bool:
         """Drop dead replicas (from the ISR too: a dead actor's name must never be

@@ -591,7 +591,11 @@ def _delivery(chunk: Chunk, rows: np.ndarray, epoch: int) -> pa.RecordBatch:
         part = chunk.batch.slice(int(rows[0]), len(rows))  # contiguous: no copy
     else:
         part = chunk.batch.take(pa.array(rows))
-    extra = [pa.array(chunk.receive_count[rows]), pa.array(chunk.token[rows]), pa.array(np.full(len(rows), epoch, np.int64))]
+    extra = [
+        pa.array(chunk.receive_count[rows]),
+        pa.array(chunk.token[rows]),
+        pa.array(np.full(len(rows), epoch, np.int64)),
+    ]
     return pa.RecordBatch.from_arrays([*part.columns, *extra], schema=DELIVERY_SCHEMA)
 
 

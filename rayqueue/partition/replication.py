@@ -177,7 +177,13 @@ class ReplicaSet:
             if name in self._joining and name not in failed:
                 self._joining.discard(name)
                 self._in_sync.add(name)  # locally first: the recorded set stays a subset
-                log.info("epoch %d: replica %s caught up (%d segments, %d delete logs)", self.epoch, name, len(held.segments), len(held.deletes))
+                log.info(
+                    "epoch %d: replica %s caught up (%d segments, %d delete logs)",
+                    self.epoch,
+                    name,
+                    len(held.segments),
+                    len(held.deletes),
+                )
                 if self._acknowledging:
                     self._report(self._record_in_sync(name))
         if failed:
@@ -185,7 +191,9 @@ class ReplicaSet:
 
     async def _catch_up(self, name: str, held: HeldWrites) -> None:
         calls = [self._link.hold(name, "hold_segment", (self.epoch, batch)) for batch in held.segments.values()]
-        calls += [self._link.hold(name, "hold_deletes", (self.epoch, seq, offsets)) for seq, offsets in held.deletes.items()]
+        calls += [
+            self._link.hold(name, "hold_deletes", (self.epoch, seq, offsets)) for seq, offsets in held.deletes.items()
+        ]
         await asyncio.gather(*calls)
 
     def names(self) -> list[str]:
@@ -270,7 +278,9 @@ class ReplicaSet:
         # (and storage fences it).
 
     async def _record_in_sync(self, name: str) -> None:
-        recorded = await _answer(lambda: self._link.report_in_sync(name), f"replica {name} in sync", lambda: name in self._in_sync)
+        recorded = await _answer(
+            lambda: self._link.report_in_sync(name), f"replica {name} in sync", lambda: name in self._in_sync
+        )
         if recorded and name in self._in_sync:
             self._recorded.add(name)
 

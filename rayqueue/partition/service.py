@@ -33,18 +33,18 @@ import pyarrow.compute as pc
 
 from rayqueue import defaults
 from rayqueue.config import QueueConfig
-from rayqueue.partition.durability import Durability, ReplicasFirst, StorageFirst
 from rayqueue.errors import MessageTooLarge, PartitionFenced, PartitionRetired, RayQueueError, StorageCorrupt
+from rayqueue.message import PartitionStats
+from rayqueue.partition.durability import Durability, ReplicasFirst, StorageFirst
 from rayqueue.partition.group_commit import GroupCommit
 from rayqueue.partition.leadership import Leadership
 from rayqueue.partition.log import DeleteTicket, PartitionLog
-from rayqueue.message import PartitionStats
 from rayqueue.partition.metrics import NoMetrics, PartitionMetrics
 from rayqueue.partition.replication import HeldWrites, ReplicaSet
-from rayqueue.storage import PartitionStore, RecoveredPartition
-from rayqueue.schemas import body_sizes
-from rayqueue.storage.partition_store import Checkpoint
 from rayqueue.partition.writer import OrderedWriter, RunBlocking, Settlement
+from rayqueue.schemas import body_sizes
+from rayqueue.storage import PartitionStore, RecoveredPartition
+from rayqueue.storage.partition_store import Checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -161,8 +161,14 @@ class PartitionService:
             logging.WARNING if self.epoch > 1 else logging.INFO,
             "%s partition %d: took over under epoch %d: %d segments up to offset %d, %d deleted offsets, "
             "held %d segments and %d delete logs",
-            self.config.name, self.partition, self.epoch, len(recovered.segments), self._log.next_offset,
-            len(deleted), len(held.segments) if held else 0, len(held.deletes) if held else 0,
+            self.config.name,
+            self.partition,
+            self.epoch,
+            len(recovered.segments),
+            self._log.next_offset,
+            len(deleted),
+            len(held.segments) if held else 0,
+            len(held.deletes) if held else 0,
         )
 
     def _store_held(self, recovered: RecoveredPartition, held: HeldWrites) -> None:
@@ -191,7 +197,9 @@ class PartitionService:
 
     def _fence(self) -> None:
         if not self.fenced:
-            log.warning("%s partition %d (epoch %d): fenced; serving nothing more", self.config.name, self.partition, self.epoch)
+            log.warning(
+                "%s partition %d (epoch %d): fenced; serving nothing more", self.config.name, self.partition, self.epoch
+            )
             self.fenced = True
             self._notify()  # long polls wake up and refuse
             self.on_fenced()
@@ -384,7 +392,7 @@ class PartitionService:
         timeout = max(min(timeout, until_deadline), 0.0)
         try:
             await asyncio.wait_for(self._changed.wait(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
 
     def _notify(self) -> None:
@@ -499,4 +507,3 @@ class PartitionService:
         if now - self._state_reported_at >= STATE_REPORT_INTERVAL_S:
             self._state_reported_at = now
             self.stats()
-

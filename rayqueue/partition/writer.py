@@ -139,7 +139,7 @@ class OrderedWriter:
             write = self._queue[0]
             try:
                 result = await self._store(write)
-            except BaseException as error:  # noqa: BLE001: every outcome is handed on
+            except BaseException as error:  # noqa: BLE001 -- every outcome is handed on
                 if self._fatal:
                     self._fail_all(error)
                     return

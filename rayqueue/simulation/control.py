@@ -170,13 +170,15 @@ class CoordinatorControl:
                 self._world.outcome.failovers += 1
                 self._world.note(f"{method}: {before.leader} -> {after.leader} (in sync: {list(before.in_sync)})")
             if after is not None and after != before:
-                self._world.note(f"{method}: placement {after.leader} replicas {list(after.replicas)} in sync {list(after.in_sync)}")
+                self._world.note(
+                    f"{method}: placement {after.leader} replicas {list(after.replicas)} in sync {list(after.in_sync)}"
+                )
 
     # --------------------------------------------------- what the world reads
 
     def _placement(self) -> Placement | None:
         coordinator = self._coordinator
-        record = coordinator._queues.get(QUEUE) if coordinator is not None else None  # noqa: SLF001: a read-only look
+        record = coordinator._queues.get(QUEUE) if coordinator is not None else None  # noqa: SLF001 -- a read-only look
         return record.placements[0] if record is not None else None
 
     @property

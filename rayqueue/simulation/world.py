@@ -26,6 +26,7 @@ What is checked, against a model of what clients were told:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import random
@@ -33,11 +34,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from rayqueue.client.rows import send_rows
 from rayqueue.config import QueueConfig
 from rayqueue.errors import InvalidReceipt, PartitionFenced, RayQueueError, StorageUnavailable
-from rayqueue.partition.service import PartitionService
 from rayqueue.partition.replication import ReplicaSet, ReplicaState
-from rayqueue.client.rows import send_rows
+from rayqueue.partition.service import PartitionService
 from rayqueue.simulation.clock import Stuck, VirtualClock, virtual_loop
 from rayqueue.simulation.control import CoordinatorControl
 from rayqueue.storage import ObjectStore, PartitionStore
@@ -70,7 +71,9 @@ class Faults:
 
 
 #: Faults several times as frequent as the default ones.
-HEAVY = Faults(storage_error=0.1, storage_lost_reply=0.08, crash_in_storage=0.02, replica_error=0.1, replica_lost_reply=0.08)
+HEAVY = Faults(
+    storage_error=0.1, storage_lost_reply=0.08, crash_in_storage=0.02, replica_error=0.1, replica_lost_reply=0.08
+)
 
 
 @dataclass
@@ -186,7 +189,13 @@ class World:
         keepers = {name for name in controller.in_sync if name in self.nodes and self.nodes[name].alive}
         leader = controller.leader
         replacing = controller.replacing  # a leader being failed over has failed, whether it runs or not
-        if leader is not None and leader.alive and leader.service is not None and not leader.service.fenced and not replacing:
+        if (
+            leader is not None
+            and leader.alive
+            and leader.service is not None
+            and not leader.service.fenced
+            and not replacing
+        ):
             keepers.add(leader.name)  # a fenced leader is on its way out
         return bool(keepers - {node.name})
 
@@ -449,7 +458,7 @@ class Controller:
                 if other != name:
                     world.nodes[other].replica.fence(node.service.epoch)
             self.replicas = [n for n in alive if n != name]
-            self.in_sync = (self.in_sync & set(self.replicas))
+            self.in_sync = self.in_sync & set(self.replicas)
             self.leader = node
             self.route_version += 1
             world.note(f"{reason}: {old.name if old else None} -> promoted {name} (epoch {node.service.epoch})")
@@ -582,7 +591,12 @@ async def _chaos(world: World) -> None:
                 continue
             world.note(f"crash {victim}")
             world.nodes[victim].crash()
-        elif action == "zombie" and controller.leader is not None and controller.leader.alive and world.may_crash(controller.leader):
+        elif (
+            action == "zombie"
+            and controller.leader is not None
+            and controller.leader.alive
+            and world.may_crash(controller.leader)
+        ):
             zombie = controller.leader
             controller.fail_over(f"false suspicion of {zombie.name}")
             if controller.leader is not zombie:  # replaced: Ray's kill lands, eventually
@@ -642,7 +656,9 @@ async def _drain(world: World) -> None:
             continue
         ids = [body.decode() for body in delivery.column("body").to_pylist()]
         drained.update(ids)
-        world.deliveries.extend((message_id, started, epoch) for message_id, epoch in zip(ids, delivery.column("epoch").to_pylist()))
+        world.deliveries.extend(
+            (message_id, started, epoch) for message_id, epoch in zip(ids, delivery.column("epoch").to_pylist())
+        )
         idle = idle + 1 if not ids else 0
         await asyncio.sleep(0.2)
     outcome = world.outcome
@@ -674,19 +690,17 @@ def run(
         loop.run_until_complete(asyncio.wait_for(_play(world), 3600.0))
     except Stuck as stuck:
         world.outcome.stuck = str(stuck)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         world.outcome.stuck = "the schedule did not finish within an hour of virtual time"
         world.outcome.log.extend(_waiting(loop))
     finally:
         logging.disable(logging.NOTSET)
         _close(loop)
-        try:
-            if keep:
-                world.outcome.log.append(f"storage kept at {world.root}")
-                return world.outcome
-            ObjectStore(world.root).delete_prefix("queues")
-        except Exception:  # noqa: BLE001: nothing there
-            pass
+        if keep:
+            world.outcome.log.append(f"storage kept at {world.root}")
+        else:
+            with contextlib.suppress(Exception):  # nothing there
+                ObjectStore(world.root).delete_prefix("queues")
     return world.outcome
 
 
@@ -721,6 +735,6 @@ def _close(loop: asyncio.AbstractEventLoop) -> None:
     if pending:
         try:
             loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
-        except (Stuck, BaseException):  # noqa: BLE001: tearing down
+        except (Stuck, BaseException):  # noqa: BLE001 -- tearing down
             pass
     loop.close()

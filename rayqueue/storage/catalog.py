@@ -26,7 +26,9 @@ class CatalogStore:
         """The newest version number and its queues (raw records, not checked here);
         ``(0, {})`` on empty storage. Raises StorageCorrupt naming the newest version
         if it cannot be read. Names in ``catalog/`` that are not versions are ignored."""
-        versions = [(version, name) for name in self._store.list("catalog/") if (version := _version_of(name)) is not None]
+        versions = [
+            (version, name) for name in self._store.list("catalog/") if (version := _version_of(name)) is not None
+        ]
         if not versions:
             return 0, {}
         newest, name = max(versions)

@@ -238,4 +238,3 @@ def decode_json(data: bytes, path: str, kind: str) -> dict[str, Any]:
     if document.get("kind") != kind:
         raise StorageCorrupt(path, f"expected a {kind} document")
     return document
-

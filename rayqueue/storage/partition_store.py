@@ -83,7 +83,10 @@ class Fence:
         if checkpoint is not None:
             if not isinstance(checkpoint, list) or len(checkpoint) != 2:
                 raise StorageCorrupt(path, f"fence checkpoint {checkpoint!r} is not [seq, epoch]")
-            checkpoint = (_natural(checkpoint[0], "checkpoint seq", path), _natural(checkpoint[1], "checkpoint epoch", path))
+            checkpoint = (
+                _natural(checkpoint[0], "checkpoint seq", path),
+                _natural(checkpoint[1], "checkpoint epoch", path),
+            )
         fence = cls(
             epoch=_natural(data.get("epoch"), "epoch", path),
             next_offset=_natural(data.get("next_offset"), "next_offset", path),
@@ -240,7 +243,9 @@ class StoredSegments:
             if not table.num_rows:
                 continue
             if first < previous_end:
-                raise StorageCorrupt(name, f"offsets from {first} overlap segment {previous_name!r} (up to {previous_end - 1})")
+                raise StorageCorrupt(
+                    name, f"offsets from {first} overlap segment {previous_name!r} (up to {previous_end - 1})"
+                )
             previous_name, previous_end = name, entry[3]
             yield name, table
 

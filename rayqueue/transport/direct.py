@@ -73,7 +73,9 @@ def _unreachable(actor: Any, endpoint: Endpoint, error: ChannelBroken) -> bool:
     out of reach) rather than retry (the actor is gone)."""
     if not _alive(actor):
         return False
-    log.warning("cannot reach %s:%d (%s); calls go through Ray for %.0f s", endpoint.host, endpoint.port, error, RAY_FALLBACK_S)
+    log.warning(
+        "cannot reach %s:%d (%s); calls go through Ray for %.0f s", endpoint.host, endpoint.port, error, RAY_FALLBACK_S
+    )
     _through_ray_until[actor._actor_id] = time.monotonic() + RAY_FALLBACK_S
     return True
 

@@ -22,10 +22,10 @@ import ray
 from ray.exceptions import GetTimeoutError, ObjectLostError, RayActorError, RayError, RayTaskError, TaskCancelledError
 
 from rayqueue import defaults
+from rayqueue.client.plan import Call, Calls, FirstOf, Plan, Step, T, Target
+from rayqueue.errors import PartitionFenced, PartitionRetired, PartitionUnavailable, RayQueueError
 from rayqueue.transport import direct as channel
 from rayqueue.transport.direct import unwrap
-from rayqueue.errors import PartitionFenced, PartitionRetired, PartitionUnavailable, RayQueueError
-from rayqueue.client.plan import Call, Calls, FirstOf, Plan, Step, T, Target
 from rayqueue.transport.wire import ChannelBroken
 
 #: Errors after which the same call may succeed once the actor is back.
@@ -224,9 +224,9 @@ def _coordinator_error(method: str, error: BaseException, late: bool) -> None:
     if retryable and not late:
         return
     what = "is unavailable" if retryable else "failed"
-    raise RayQueueError(
-        f"the rayqueue coordinator {what} ({method}): {type(cause).__name__}: {cause}"
-    ) from (None if retryable else cause)
+    raise RayQueueError(f"the rayqueue coordinator {what} ({method}): {type(cause).__name__}: {cause}") from (
+        None if retryable else cause
+    )
 
 
 # --------------------------------------------------------------- awaitable driver
@@ -260,7 +260,8 @@ async def _execute_async(target: Target, step: Step) -> Any:
         outcomes = await asyncio.gather(
             *(
                 asyncio.wait_for(
-                    channel.call_async(_actor(target, call), call.method, _args(call, retrying), call.bulky), _timeout(call)
+                    channel.call_async(_actor(target, call), call.method, _args(call, retrying), call.bulky),
+                    _timeout(call),
                 )
                 for call in calls.values()
             ),
@@ -323,7 +324,7 @@ async def call_coordinator_async(coordinator: Any, method: str, *args: Any) -> A
     while True:
         try:
             return await asyncio.wait_for(_await(getattr(coordinator, method).remote(*args)), CALL_TIMEOUT_S)
-        except (RayError, asyncio.TimeoutError) as error:
+        except (TimeoutError, RayError) as error:
             _coordinator_error(method, error, time.monotonic() >= deadline)
         await asyncio.sleep(_BACKOFF_S[min(attempt, len(_BACKOFF_S) - 1)])
         attempt += 1

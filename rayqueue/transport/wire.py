@@ -146,7 +146,7 @@ class Server:
                     reply = _reply(False, error)
                 writer.writelines(reply)
                 await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError, asyncio.TimeoutError):
+        except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
             pass  # the client went away, or never said who it is
         finally:
             writer.close()
@@ -183,7 +183,9 @@ class Connection:
             _keep_alive(self._sock)
             self._sock.sendall(endpoint.token)
         except OSError as error:
-            raise ChannelBroken(f"cannot connect to {endpoint.host}:{endpoint.port}: {error}", connecting=True) from None
+            raise ChannelBroken(
+                f"cannot connect to {endpoint.host}:{endpoint.port}: {error}", connecting=True
+            ) from None
 
     def request(self, partition: str, method: str, args: tuple[Any, ...]) -> None:
         parts = _frame((partition, method, args))

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 import ray
+from support.waiting import wait_for
 
 import rayqueue
-from support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -65,7 +65,17 @@ def test_benchmark_job_compares_with_ray_util_queue(tmp_path):
 
 def run_chaos(rounds: int, seed: int, tmp_path: Path, *extra: str) -> dict:
     result = run_job(
-        "chaos.py", "--rounds", str(rounds), "--seed", str(seed), "--nodes", "3", "--interval", "1.5", "--json", *extra,
+        "chaos.py",
+        "--rounds",
+        str(rounds),
+        "--seed",
+        str(seed),
+        "--nodes",
+        "3",
+        "--interval",
+        "1.5",
+        "--json",
+        *extra,
         storage=tmp_path,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -105,8 +115,23 @@ def test_chaos_with_storage_outages_loses_nothing(tmp_path):
 def test_scaling_job_grows_and_shrinks_and_draws(tmp_path):
     chart = tmp_path / "scaling.png"
     result = run_job(
-        "scaling.py", "--peak", "1200", "--ramp-s", "20", "--hold-s", "20", "--tail-s", "40", "--target-rate", "250",
-        "--chart", str(chart), "--json", str(tmp_path / "points.json"), "--summary-json", storage=tmp_path,
+        "scaling.py",
+        "--peak",
+        "1200",
+        "--ramp-s",
+        "20",
+        "--hold-s",
+        "20",
+        "--tail-s",
+        "40",
+        "--target-rate",
+        "250",
+        "--chart",
+        str(chart),
+        "--json",
+        str(tmp_path / "points.json"),
+        "--summary-json",
+        storage=tmp_path,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     summary = json.loads([line for line in result.stdout.splitlines() if line.startswith("{")][-1])

@@ -9,10 +9,10 @@ import time
 import psutil
 import pytest
 import ray
+from support.waiting import kill_and_wait
 
 import rayqueue
 from rayqueue import defaults
-from support.waiting import kill_and_wait
 
 
 def create_many(client: rayqueue.Client, prefix: str, count: int) -> tuple[list[rayqueue.Queue], float]:

@@ -23,9 +23,7 @@ FIXED_OVERHEAD = 64 * 1024 * 1024
 
 
 def test_backlog_ten_times_the_budget_keeps_resident_memory_bounded(client, queue_name):
-    queue = client.create_queue(
-        queue_name, max_messages=100_000, max_message_bytes=BODY, partition_memory_bytes=BUDGET
-    )
+    queue = client.create_queue(queue_name, max_messages=100_000, max_message_bytes=BODY, partition_memory_bytes=BUDGET)
     actor = queue._target.route.partitions[0]
     process = psutil.Process(ray.get(actor.__ray_call__.remote(lambda self: os.getpid())))
     # Warm up, so that the baseline includes the code every send and receive loads.

@@ -14,11 +14,11 @@ import pytest
 import ray
 from ray.cluster_utils import Cluster
 from ray.exceptions import RayTaskError
+from support.waiting import kill_and_wait
 
 import rayqueue
-from rayqueue.errors import PartitionFenced
 from rayqueue.client.rows import send_rows
-from support.waiting import kill_and_wait
+from rayqueue.errors import PartitionFenced
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +108,9 @@ def test_removed_node_fails_over_its_leaders(cluster):
     try:
         queue.send_batch([f"after{i}" for i in range(40)])
         bodies = drain(queue)
-        assert sorted(bodies) == sorted([f"before{i}".encode() for i in range(40)] + [f"after{i}".encode() for i in range(40)])
+        assert sorted(bodies) == sorted(
+            [f"before{i}".encode() for i in range(40)] + [f"after{i}".encode() for i in range(40)]
+        )
     finally:
         ray_cluster.add_node(num_cpus=1)  # give the next tests their node back
         ray_cluster.wait_for_nodes()

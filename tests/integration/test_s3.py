@@ -99,9 +99,7 @@ def test_replicas_hold_what_an_outage_kept_from_storage_through_a_failover(seawe
     start(ray_starter, seaweed, "s3-replicas")
     try:
         client = rayqueue.connect(storage=storage, storage_options=s3_options(seaweed), namespace="s3-replicas")
-        queue = client.create_queue(
-            "held", max_messages=1000, max_message_bytes=100, replicas=1, durability="replicas"
-        )
+        queue = client.create_queue("held", max_messages=1000, max_message_bytes=100, replicas=1, durability="replicas")
         queue.send(b"stored")
         # Sends are acknowledged before they are stored only once the coordinator has
         # recorded the replica as in sync (it may then be promoted).

@@ -6,8 +6,9 @@ from __future__ import annotations
 import threading
 import time
 
-import rayqueue
 from support.waiting import wait_for
+
+import rayqueue
 
 
 def partitions_of(queue: rayqueue.Queue) -> int:

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import fsspec
 import pytest
+from support.seaweed import SeaweedServer
 
 from rayqueue.storage import ObjectStore
-from support.seaweed import SeaweedServer
 
 #: Retry budget of every store under test: long enough for a slow first PUT, short enough to fail fast.
 RETRY_S = 3.0

@@ -10,23 +10,23 @@ from __future__ import annotations
 import asyncio
 import threading
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
+from support.ports import free_ports
+from support.seaweed import SeaweedServer
 
 from rayqueue import defaults
+from rayqueue.client.rows import IdSource, send_rows
 from rayqueue.config import QueueConfig
 from rayqueue.errors import ObjectExists, PartitionFenced, StorageCorrupt, StorageUnavailable
 from rayqueue.message import encode_receipt
 from rayqueue.partition.service import PartitionService
-from rayqueue.client.rows import IdSource, send_rows
-from rayqueue.storage import CatalogStore, ObjectStore, PartitionStore, RecoveredPartition
 from rayqueue.schemas import SEGMENT_SCHEMA
-from support.ports import free_ports
-from support.seaweed import SeaweedServer
+from rayqueue.storage import CatalogStore, ObjectStore, PartitionStore, RecoveredPartition
 
 #: Writers racing for one name, and how many names they race for.
 RACERS = 8
@@ -190,7 +190,7 @@ def segment(first: int, bodies: list[bytes]) -> pa.RecordBatch:
             pa.array(bodies, pa.binary()),
             pa.nulls(n, pa.string()),
             pa.nulls(n, SEGMENT_SCHEMA.field("attributes").type),
-            pa.array([datetime(2024, 1, 1, tzinfo=timezone.utc)] * n, SEGMENT_SCHEMA.field("sent_at").type),
+            pa.array([datetime(2024, 1, 1, tzinfo=UTC)] * n, SEGMENT_SCHEMA.field("sent_at").type),
         ],
         schema=SEGMENT_SCHEMA,
     )

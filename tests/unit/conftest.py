@@ -1,7 +1,8 @@
 """Shared fixtures for the unit tests: a fake clock, configs, and throwaway storage.
 
-No unit test may start Ray: ``no_ray`` (autouse) fails one that tries. ``memory://`` is one filesystem per process, so every
-test gets its own root under it and removes it afterwards.
+No unit test may start Ray: ``no_ray`` (autouse) fails one that tries.
+``memory://`` is one filesystem per process, so every test gets its own root
+under it and removes it afterwards.
 """
 
 from __future__ import annotations

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from rayqueue.control.autoscale import LoadSample, ScalingPolicy, decide
 
-POLICY = ScalingPolicy(min_partitions=1, max_partitions=8, target_send_rate=1000, target_backlog=10_000,
-                       window_s=30, cooldown_s=60)
+POLICY = ScalingPolicy(
+    min_partitions=1, max_partitions=8, target_send_rate=1000, target_backlog=10_000, window_s=30, cooldown_s=60
+)
 
 
 def series(rates: list[float], backlog: int = 0, start: float = 0.0, step: float = 5.0) -> list[LoadSample]:

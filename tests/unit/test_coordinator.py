@@ -498,9 +498,7 @@ def test_in_sync_is_recorded_only_from_the_current_leader_for_its_own_replicas(s
     assert placement_of(coordinator(storage_url)).in_sync == (replica,)  # persisted
 
 
-def test_a_replica_reported_lost_by_the_current_leader_leaves_in_sync_before_true_is_returned(
-    storage_url, monkeypatch
-):
+def test_a_replica_reported_lost_by_the_current_leader_leaves_in_sync_before_true_is_returned(storage_url, monkeypatch):
     objects = ObjectStore(storage_url, retry_s=0.2)
     coord = Coordinator(objects, FakeLauncher())
     coord.create_queue(config(replicas=2, durability="replicas"))
@@ -747,8 +745,11 @@ def test_a_bad_catalog_record_takes_down_that_queue_only(memory_url, damage):
 
     assert coord.list_queues() == ["bad", "good"]  # listed, so that an operator can delete it
     assert coord.route("good").config == config("good")
-    for call in (lambda: coord.route("bad"), lambda: coord.report_failure("bad", 0),
-                 lambda: coord.create_queue(config("bad"))):
+    for call in (
+        lambda: coord.route("bad"),
+        lambda: coord.report_failure("bad", 0),
+        lambda: coord.create_queue(config("bad")),
+    ):
         with pytest.raises(StorageCorrupt) as caught:
             call()
         assert "'bad'" in str(caught.value)
@@ -811,7 +812,11 @@ def test_nothing_is_swept_while_the_catalog_is_not_known_whole(memory_url):
 
 def scaling_config() -> QueueConfig:
     return config(
-        partitions=1, min_partitions=1, max_partitions=3, target_send_rate=100.0, scaling_window_s=3.0,
+        partitions=1,
+        min_partitions=1,
+        max_partitions=3,
+        target_send_rate=100.0,
+        scaling_window_s=3.0,
         scaling_cooldown_s=0.0,
     )
 
@@ -851,8 +856,9 @@ def test_load_grows_partitions_and_idleness_retires_then_removes_them(storage_ur
 def test_a_retiring_partition_with_messages_left_stays_until_drained(storage_url):
     launcher = FakeLauncher()
     coord = coordinator(storage_url, launcher)
-    coord.create_queue(config(partitions=2, min_partitions=1, max_partitions=2, scaling_window_s=3.0,
-                              scaling_cooldown_s=0.0))
+    coord.create_queue(
+        config(partitions=2, min_partitions=1, max_partitions=2, scaling_window_s=3.0, scaling_cooldown_s=0.0)
+    )
 
     now = drive(coord, launcher, rate=0, backlog=5, seconds=10, start=1000.0)  # 5 left in each
     record = coord._queues["orders"]

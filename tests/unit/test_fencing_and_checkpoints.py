@@ -7,11 +7,11 @@ import asyncio
 import pyarrow as pa
 import pytest
 
+from rayqueue.client.rows import IdSource, send_rows
 from rayqueue.config import QueueConfig
 from rayqueue.errors import PartitionFenced
-from rayqueue.partition.service import PartitionService
 from rayqueue.partition.replication import HeldWrites
-from rayqueue.client.rows import IdSource, send_rows
+from rayqueue.partition.service import PartitionService
 from rayqueue.storage import ObjectStore, PartitionStore
 
 CONFIG = QueueConfig.build(name="q", max_messages=100_000, max_message_bytes=100)

@@ -17,14 +17,14 @@ import pyarrow as pa
 import pytest
 
 from rayqueue import defaults
+from rayqueue.client.rows import IdSource, send_rows
 from rayqueue.config import QueueConfig
 from rayqueue.errors import PartitionFenced, StorageUnavailable
 from rayqueue.partition.log import PartitionLog
-from rayqueue.partition.service import PartitionService
 from rayqueue.partition.replication import HeldWrites, ReplicaSet, ReplicaState
-from rayqueue.client.rows import IdSource, send_rows
-from rayqueue.storage import ObjectStore, PartitionStore
+from rayqueue.partition.service import PartitionService
 from rayqueue.partition.writer import OrderedWriter, Settlement
+from rayqueue.storage import ObjectStore, PartitionStore
 
 IDS = IdSource()
 REPLICATED = QueueConfig.build(name="q", max_messages=1000, max_message_bytes=100, durability="replicas", replicas=1)

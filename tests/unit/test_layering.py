@@ -63,7 +63,10 @@ def test_the_client_imports_no_server_logic(path: Path) -> None:
 def test_importing_the_pure_modules_does_not_import_ray() -> None:
     # In a fresh interpreter: this one has imported Ray already (the unit conftest does).
     pure = [dotted(path) for path in modules(*PURE)]
-    script = f"import sys\nfor name in {pure!r}:\n    __import__(name)\nprint(sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.')))"
+    script = (
+        f"import sys\nfor name in {pure!r}:\n    __import__(name)\n"
+        "print(sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.')))"
+    )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]", f"importing {pure} imported Ray: {result.stdout.strip()}"
 

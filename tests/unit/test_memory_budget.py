@@ -6,17 +6,15 @@ import asyncio
 
 import pyarrow as pa
 
+from rayqueue.client.rows import IdSource, send_rows
 from rayqueue.config import QueueConfig
 from rayqueue.partition.service import PartitionService
-from rayqueue.client.rows import IdSource, send_rows
 from rayqueue.storage import ObjectStore, PartitionStore
 
 BUDGET = 1024 * 1024
 BODY = 10_000  # bytes per message
 PER_SEGMENT = 20  # messages per send: about 200 kB per segment
-CONFIG = QueueConfig.build(
-    name="big", max_messages=100_000, max_message_bytes=BODY, partition_memory_bytes=BUDGET
-)
+CONFIG = QueueConfig.build(name="big", max_messages=100_000, max_message_bytes=BODY, partition_memory_bytes=BUDGET)
 IDS = IdSource()
 TOTAL_5X = (5 * BUDGET // (BODY * PER_SEGMENT) + 1) * PER_SEGMENT
 

@@ -11,11 +11,11 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from rayqueue.client.rows import IdSource, send_rows
 from rayqueue.config import QueueConfig
 from rayqueue.errors import InvalidReceipt, QueueFull
-from rayqueue.partition.log import LogStats, PartitionLog
 from rayqueue.message import encode_receipt
-from rayqueue.client.rows import IdSource, send_rows
+from rayqueue.partition.log import LogStats, PartitionLog
 from rayqueue.storage import format
 
 T0 = 1_700_000_000.0

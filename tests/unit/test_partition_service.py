@@ -16,11 +16,18 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from rayqueue.client.rows import IdSource, send_rows
 from rayqueue.config import QueueConfig
-from rayqueue.errors import InvalidReceipt, MessageTooLarge, PartitionFenced, QueueFull, StorageCorrupt, StorageUnavailable
+from rayqueue.errors import (
+    InvalidReceipt,
+    MessageTooLarge,
+    PartitionFenced,
+    QueueFull,
+    StorageCorrupt,
+    StorageUnavailable,
+)
 from rayqueue.message import encode_receipt
 from rayqueue.partition.service import PartitionService
-from rayqueue.client.rows import IdSource, send_rows
 from rayqueue.storage import ObjectStore, PartitionStore
 
 VISIBILITY = 30.0

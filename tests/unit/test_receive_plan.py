@@ -16,12 +16,12 @@ import pyarrow as pa
 import pytest
 from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
 
-from rayqueue.client.queue import Queue
-from rayqueue.transport import drivers
-from rayqueue.config import QueueConfig
-from rayqueue.routes import Route
-from rayqueue.errors import PartitionUnavailable, QueueNotFound, RayQueueError
 from rayqueue.client.plan import Call, Calls, FirstOf, Target
+from rayqueue.client.queue import Queue
+from rayqueue.config import QueueConfig
+from rayqueue.errors import PartitionUnavailable, QueueNotFound, RayQueueError
+from rayqueue.routes import Route
+from rayqueue.transport import drivers
 
 
 @dataclass

@@ -9,6 +9,16 @@ import pyarrow as pa
 import pytest
 
 from rayqueue import defaults
+from rayqueue.client.rows import (
+    IdSource,
+    check_attributes,
+    check_text,
+    delivery_table,
+    messages_from_delivery,
+    parse_receipts,
+    receipt_column,
+    send_rows,
+)
 from rayqueue.config import QueueConfig
 from rayqueue.errors import (
     InvalidArgument,
@@ -24,18 +34,8 @@ from rayqueue.errors import (
     StorageMismatch,
     StorageUnavailable,
 )
-from rayqueue.partition.log import PartitionLog
 from rayqueue.message import Receipt, decode_receipt, encode_receipt, shown
-from rayqueue.client.rows import (
-    IdSource,
-    check_attributes,
-    check_text,
-    delivery_table,
-    messages_from_delivery,
-    parse_receipts,
-    receipt_column,
-    send_rows,
-)
+from rayqueue.partition.log import PartitionLog
 from rayqueue.schemas import SEND_SCHEMA
 
 CONFIG = QueueConfig.build(name="orders", max_messages=1000, max_message_bytes=8)
@@ -61,7 +61,7 @@ def test_send_rows_builds_one_row_per_body_in_the_send_schema():
 def test_str_bodies_are_encoded_as_utf8():
     table = send_rows(CONFIG, ["héllo"], ids(1))
 
-    assert table.column("body").to_pylist() == ["héllo".encode("utf-8")]
+    assert table.column("body").to_pylist() == ["héllo".encode()]
 
 
 @pytest.mark.parametrize("body", [bytearray(b"abc"), memoryview(b"abc")])

@@ -16,10 +16,10 @@ import pyarrow as pa
 import pytest
 
 from rayqueue import defaults
+from rayqueue.client.rows import IdSource, send_rows
 from rayqueue.config import QueueConfig
 from rayqueue.errors import ObjectExists, StorageCorrupt, StorageUnavailable
 from rayqueue.partition.log import PartitionLog
-from rayqueue.client.rows import IdSource, send_rows
 from rayqueue.storage import CatalogStore, ObjectStore, PartitionStore, RecoveredPartition, format
 
 CONFIG = QueueConfig.build(name="orders", max_messages=1000, max_message_bytes=1024)
@@ -357,9 +357,7 @@ def test_decoding_an_untagged_arrow_file_raises_storage_corrupt():
 
 
 def test_decoding_a_newer_format_raises_storage_corrupt():
-    data = format.encode_table(
-        make_segment([b"a"]), "segment", **{"rayqueue.format": format.FORMAT_VERSION + 1}
-    )
+    data = format.encode_table(make_segment([b"a"]), "segment", **{"rayqueue.format": format.FORMAT_VERSION + 1})
 
     with pytest.raises(StorageCorrupt, match="newer"):
         format.decode_segment(data, "segments/x.arrow")
@@ -617,7 +615,7 @@ def test_a_takeover_reads_segments_several_at_once_and_yields_them_in_order():
         segments.add(format.segment_name(first, 1))
     seen = []
     with pytest.raises(StorageCorrupt):
-        for name, table in segments:
+        for _name, table in segments:
             seen.append(table.column("offset")[0].as_py())
     assert seen == list(range(0, 30, 2))  # in order, up to the unreadable one
     assert 1 < most[0] <= 4

@@ -10,7 +10,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,7 @@ def segment(first: int, bodies: list[bytes]) -> pa.RecordBatch:
             pa.array(bodies, pa.binary()),
             pa.array(["k"] * n, pa.string()),
             pa.array([[("a", "b")]] * n, S.field("attributes").type),
-            pa.array([datetime(2024, 1, 1, tzinfo=timezone.utc)] * n, S.field("sent_at").type),
+            pa.array([datetime(2024, 1, 1, tzinfo=UTC)] * n, S.field("sent_at").type),
         ],
         schema=S,
     )
@@ -202,7 +202,11 @@ def _decoder_for(data: bytes) -> Any:
     payload = bytes(format.unseal(data, "x")[0])
     if payload.startswith(b"ARROW1"):
         kind = b"segment" if b"segment" in payload else b"deletes"
-        return (lambda d: format.decode_segment(d, "x")) if kind == b"segment" else (lambda d: format.decode_deletes(d, "x"))
+        return (
+            (lambda d: format.decode_segment(d, "x"))
+            if kind == b"segment"
+            else (lambda d: format.decode_deletes(d, "x"))
+        )
     if b'"kind"' in payload:
         return lambda d: format.decode_json(d, "x", "checkpoint")
     return lambda d: format.decode_catalog(d, "x")
