@@ -58,8 +58,7 @@ import numpy as np
 import pyarrow as pa
 import ray
 from ray import cloudpickle
-from ray.util.queue import Empty
-from ray.util.queue import Queue as RayUtilQueue
+from ray.util.queue import Empty, Queue as RayUtilQueue
 
 import rayqueue
 from rayqueue import defaults

@@ -24,6 +24,13 @@ _EXPORTS = {
     "Queue": "rayqueue.client.queue",
     "connect": "rayqueue.client.connection",
     "QueueConfig": "rayqueue.config",
+    "CatalogContention": "rayqueue.errors",
+    "CoordinatorUnavailable": "rayqueue.errors",
+    "PartitionFenced": "rayqueue.errors",
+    "PartitionRetired": "rayqueue.errors",
+    "RayUnavailable": "rayqueue.errors",
+    "StorageCorrupt": "rayqueue.errors",
+    "UnknownCall": "rayqueue.errors",
     "InvalidArgument": "rayqueue.errors",
     "InvalidReceipt": "rayqueue.errors",
     "MessageTooLarge": "rayqueue.errors",
@@ -42,22 +49,29 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
-    from rayqueue.client.connection import Client, connect
-    from rayqueue.client.queue import Queue
-    from rayqueue.config import QueueConfig
+    from rayqueue.client.connection import Client as Client, connect as connect
+    from rayqueue.client.queue import Queue as Queue
+    from rayqueue.config import QueueConfig as QueueConfig
     from rayqueue.errors import (
-        InvalidArgument,
-        InvalidReceipt,
-        MessageTooLarge,
-        PartitionUnavailable,
-        QueueAlreadyExists,
-        QueueFull,
-        QueueNotFound,
-        RayQueueError,
-        StorageMismatch,
-        StorageUnavailable,
+        CatalogContention as CatalogContention,
+        CoordinatorUnavailable as CoordinatorUnavailable,
+        InvalidArgument as InvalidArgument,
+        InvalidReceipt as InvalidReceipt,
+        MessageTooLarge as MessageTooLarge,
+        PartitionFenced as PartitionFenced,
+        PartitionRetired as PartitionRetired,
+        PartitionUnavailable as PartitionUnavailable,
+        QueueAlreadyExists as QueueAlreadyExists,
+        QueueFull as QueueFull,
+        QueueNotFound as QueueNotFound,
+        RayQueueError as RayQueueError,
+        RayUnavailable as RayUnavailable,
+        StorageCorrupt as StorageCorrupt,
+        StorageMismatch as StorageMismatch,
+        StorageUnavailable as StorageUnavailable,
+        UnknownCall as UnknownCall,
     )
-    from rayqueue.message import Message, PartitionStats, QueueStats
+    from rayqueue.message import Message as Message, PartitionStats as PartitionStats, QueueStats as QueueStats
 
 
 def __getattr__(name: str) -> Any:

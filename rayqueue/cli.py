@@ -32,7 +32,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, BinaryIO, NoReturn
@@ -42,7 +42,7 @@ from typing import Any, BinaryIO, NoReturn
 import rayqueue
 from rayqueue import defaults
 from rayqueue.config import QueueConfig, check_queue_name
-from rayqueue.errors import InvalidArgument, RayQueueError
+from rayqueue.errors import InvalidArgument, RayQueueError, RayUnavailable
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 #: Defaults of ``create`` (the Python API has none for these two).
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     except RayQueueError as error:
         return fail(EXIT_ERROR, error, as_json)
     except ConnectionError as error:
-        return fail(EXIT_ERROR, RayQueueError(f"cannot reach Ray: {error}"), as_json)
+        return fail(EXIT_ERROR, RayUnavailable(f"cannot reach Ray: {error}"), as_json)
     except KeyboardInterrupt:
         return fail(130, RayQueueError("interrupted"), as_json)
     print(json.dumps(result) if as_json else FORMATTERS[args.command](result), flush=True)
@@ -590,7 +590,7 @@ def table(pairs: Iterable[tuple[str, Any]]) -> str:
     return "\n".join(f"  {key:<{width}}{value}" for key, value in shown)
 
 
-def columns(rows: list[tuple[str, ...]], right_from: int | None = None) -> str:
+def columns(rows: Sequence[tuple[str, ...]], right_from: int | None = None) -> str:
     """Rows as columns, left-aligned (right-aligned from column ``right_from`` on, for
     numbers); the last column is not padded when left-aligned."""
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]

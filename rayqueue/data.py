@@ -195,7 +195,7 @@ class QueueDatasource(Datasource):
         readers: int,
         visibility_timeout_s: float | None,
     ) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         self.queue = queue
         self.max_messages = max_messages
         self.wait_s = wait_s
@@ -209,7 +209,7 @@ class QueueDatasource(Datasource):
     def estimate_inmemory_data_size(self) -> int | None:
         return None  # unknown until received
 
-    def get_read_tasks(self, parallelism: int, **_: Any) -> list[ReadTask]:
+    def get_read_tasks(self, parallelism: int, *_: Any, **__: Any) -> list[ReadTask]:
         # ``parallelism`` is Ray Data's guess for files; a queue reads best with few pollers.
         shares = [self.max_messages // self.tasks + (i < self.max_messages % self.tasks) for i in range(self.tasks)]
         metadata = BlockMetadata(num_rows=None, size_bytes=None, input_files=None, exec_stats=None)

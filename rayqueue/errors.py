@@ -10,6 +10,14 @@ from __future__ import annotations
 
 from typing import Any
 
+#: How much of a user's value an error message quotes (a 50 MB receipt must not make a 50 MB message).
+SHOWN_CHARS = 80
+
+
+def shown(text: str) -> str:
+    """``text`` cut for quoting in an error message."""
+    return text if len(text) <= SHOWN_CHARS else f"{text[: SHOWN_CHARS - 3]}..."
+
 
 class RayQueueError(Exception):
     """Root of every rayqueue error."""
@@ -43,12 +51,17 @@ class InvalidArgument(RayQueueError, ValueError):
 class QueueNotFound(RayQueueError):
     """The queue does not exist, or was deleted while a handle still pointed at it."""
 
+    name: str
+
     def __init__(self, name: str) -> None:
         super().__init__(f"queue {name!r} does not exist", name=name)
 
 
 class QueueAlreadyExists(RayQueueError):
     """A queue of that name exists with other settings."""
+
+    name: str
+    differences: dict[str, tuple[Any, Any]]
 
     def __init__(self, name: str, differences: dict[str, tuple[Any, Any]]) -> None:
         detail = ", ".join(
@@ -64,6 +77,11 @@ class QueueAlreadyExists(RayQueueError):
 class QueueFull(RayQueueError):
     """Accepting the batch would pass the queue's ``max_messages``; none of it was stored."""
 
+    name: str
+    limit: int
+    stored: int
+    requested: int
+
     def __init__(self, name: str, limit: int, stored: int, requested: int) -> None:
         super().__init__(
             f"queue {name!r} is full: {stored} stored + {requested} sent > limit {limit}",
@@ -76,6 +94,11 @@ class QueueFull(RayQueueError):
 
 class MessageTooLarge(RayQueueError, ValueError):
     """A body is longer than the queue's ``max_message_bytes``; none of the batch was stored."""
+
+    name: str
+    size: int
+    limit: int
+    index: int
 
     def __init__(self, name: str, size: int, limit: int, index: int = 0) -> None:
         super().__init__(
@@ -90,12 +113,18 @@ class MessageTooLarge(RayQueueError, ValueError):
 class InvalidReceipt(RayQueueError, ValueError):
     """A receipt is malformed, forged, or no longer the latest for its message."""
 
+    receipt: str
+    reason: str
+
     def __init__(self, receipt: str, reason: str) -> None:
         super().__init__(f"invalid receipt {receipt!r}: {reason}", receipt=receipt, reason=reason)
 
 
 class StorageMismatch(RayQueueError):
     """``connect`` asked for other storage than the running coordinator already uses."""
+
+    requested: str
+    existing: str
 
     def __init__(self, requested: str, existing: str) -> None:
         super().__init__(
@@ -109,6 +138,10 @@ class StorageMismatch(RayQueueError):
 class StorageUnavailable(RayQueueError):
     """Storage kept failing after retries; the operation was not acknowledged."""
 
+    operation: str
+    path: str
+    cause: str
+
     def __init__(self, operation: str, path: str, cause: str) -> None:
         super().__init__(
             f"storage unavailable: {operation} {path!r} failed: {cause}",
@@ -121,6 +154,9 @@ class StorageUnavailable(RayQueueError):
 class StorageCorrupt(RayQueueError):
     """An object on storage is not in a format this version of rayqueue can read."""
 
+    path: str
+    reason: str
+
     def __init__(self, path: str, reason: str) -> None:
         super().__init__(f"cannot read {path!r}: {reason}", path=path, reason=reason)
 
@@ -130,6 +166,8 @@ class ObjectExists(RayQueueError):
 
     Partitions see it when a newer leader of the same partition has written first.
     """
+
+    path: str
 
     def __init__(self, path: str) -> None:
         super().__init__(f"{path!r} already exists: another writer created it first", path=path)
@@ -141,6 +179,9 @@ class PartitionFenced(RayQueueError):
     What raised it was not acknowledged; retrying reaches the new leader.
     """
 
+    partition: str
+    epoch: int
+
     def __init__(self, partition: str, epoch: int) -> None:
         super().__init__(
             f"partition {partition!r}: a leader newer than epoch {epoch} took over", partition=partition, epoch=epoch
@@ -151,12 +192,19 @@ class PartitionRetired(RayQueueError):
     """The partition is being retired by scaling in: it takes no more sends (nothing
     was stored); its messages can still be received and deleted."""
 
+    queue: str
+    partition: int
+
     def __init__(self, queue: str, partition: int) -> None:
         super().__init__(f"partition {partition} of queue {queue!r} is retiring", queue=queue, partition=partition)
 
 
 class PartitionUnavailable(RayQueueError):
     """A partition did not answer within the bounded retry time."""
+
+    queue: str
+    partition: int
+    cause: str
 
     def __init__(self, queue: str, partition: int, cause: str) -> None:
         super().__init__(
@@ -167,7 +215,51 @@ class PartitionUnavailable(RayQueueError):
         )
 
 
+class UnknownCall(RayQueueError, ValueError):
+    """A partition was asked to run a method that is not one of its calls: a programming
+    error (or a peer of another version), answered at once and never retried."""
+
+    method: str
+
+    def __init__(self, method: str) -> None:
+        super().__init__(f"{shown(repr(method))} is not a call a partition serves", method=method)
+
+
+class CoordinatorUnavailable(RayQueueError):
+    """The namespace's coordinator did not answer, could not start, or failed running
+    ``operation``; queues, routes and failover wait for it. Data calls to partitions whose
+    route a handle already has go on."""
+
+    operation: str
+    cause: str
+
+    def __init__(self, operation: str, cause: str) -> None:
+        super().__init__(
+            f"the rayqueue coordinator is unavailable ({operation}): {cause}", operation=operation, cause=cause
+        )
+
+
+class CatalogContention(RayQueueError):
+    """The catalog kept changing under the coordinator (another coordinator of the same
+    storage is writing it); the change was not made. Retrying is safe."""
+
+    attempts: int
+
+    def __init__(self, attempts: int) -> None:
+        super().__init__(
+            f"the catalog kept changing under this coordinator ({attempts} attempts): is another namespace's "
+            "coordinator using the same storage?",
+            attempts=attempts,
+        )
+
+
+class RayUnavailable(RayQueueError):
+    """Ray itself cannot be reached or joined (no cluster at the address given)."""
+
+
 __all__ = [
+    "CatalogContention",
+    "CoordinatorUnavailable",
     "InvalidArgument",
     "InvalidReceipt",
     "MessageTooLarge",
@@ -179,7 +271,9 @@ __all__ = [
     "QueueFull",
     "QueueNotFound",
     "RayQueueError",
+    "RayUnavailable",
     "StorageCorrupt",
     "StorageMismatch",
     "StorageUnavailable",
+    "UnknownCall",
 ]

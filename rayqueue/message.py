@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from rayqueue.errors import InvalidReceipt
+from rayqueue.errors import InvalidReceipt, shown
 
 #: The receipt format ``<partition>.<epoch>.<offset>.<token>``; shared with the
 #: vectorized parser in rayqueue.client.rows.
@@ -14,8 +14,6 @@ RECEIPT_PATTERN = r"([0-9]{1,5})\.([0-9]{1,10})\.([0-9]{1,19})\.([0-9]{1,19})"
 _RECEIPT = re.compile(RECEIPT_PATTERN, re.ASCII)
 #: Receipts handed out before receipts carried the epoch (``<partition>.<offset>.<token>``).
 _EPOCHLESS = re.compile(r"[0-9]{1,5}\.[0-9]{1,19}\.[0-9]{1,19}", re.ASCII)
-#: How much of a bad receipt an error quotes: a 50 MB "receipt" must not become a 50 MB message.
-_SHOWN_CHARS = 80
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,8 +116,3 @@ def decode_receipt(receipt: object) -> Receipt:
     if parts.offset >= 1 << 63 or not 0 < parts.token < 1 << 62:
         raise InvalidReceipt(receipt, "malformed")
     return parts
-
-
-def shown(text: str) -> str:
-    """``text`` cut for quoting in an error message."""
-    return text if len(text) <= _SHOWN_CHARS else f"{text[: _SHOWN_CHARS - 3]}..."

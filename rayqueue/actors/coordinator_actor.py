@@ -26,11 +26,11 @@ from rayqueue.control.coordinator import (
     Coordinator,
     Placement,
     QueueRecord,
-    Route,
     partition_of,
 )
 from rayqueue.errors import PartitionUnavailable, RayQueueError
 from rayqueue.message import PartitionStats
+from rayqueue.routes import Route
 from rayqueue.storage import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -189,7 +189,7 @@ class RayLauncher:
                 resources=dict(record.config.partition_resources),
             ).remote()
             try:
-                ray.get(host.add.remote(name, *args), timeout=START_TIMEOUT_S)
+                ray.get(host.add.remote(name, *args), timeout=START_TIMEOUT_S)  # type: ignore[attr-defined]
             except (RayActorError, RayTaskError, GetTimeoutError) as error:
                 raise PartitionUnavailable(
                     record.config.name, partition, f"hosting {name}: {_describe(error)}"

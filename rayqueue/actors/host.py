@@ -16,6 +16,7 @@ from typing import Any
 import ray
 
 from rayqueue.actors.partition_actor import PartitionActor, serve_wire
+from rayqueue.control.coordinator import partition_of
 from rayqueue.errors import PartitionUnavailable
 from rayqueue.transport.wire import Endpoint, Server
 
@@ -28,7 +29,7 @@ class PartitionHost:
     def add(self, name: str, *args: Any) -> None:
         """Start hosting partition ``name`` (``args`` as for PartitionActor), unless it is here."""
         if name not in self._hosted:
-            hosted = PartitionActor(*args, name=name)
+            hosted = PartitionActor(*args, name=name)  # type: ignore[misc]  # args: all but the name
             # Fenced: it leaves this host (the coordinator sees it gone and fails it over);
             # the other partitions here go on.
             hosted.stop_when_fenced = lambda: self.remove(name)
@@ -46,7 +47,7 @@ class PartitionHost:
     async def call(self, name: str, method: str, *args: Any) -> Any:
         hosted = self._hosted.get(name)
         if hosted is None:  # removed, or this host restarted since: the coordinator fails it over
-            raise PartitionUnavailable(name, -1, "not hosted here (any more)")
+            raise PartitionUnavailable(*partition_of(name), "not hosted here (any more)")
         result = getattr(hosted, method)(*args)
         return await result if inspect.isawaitable(result) else result
 

@@ -34,5 +34,5 @@ class _Method:
     def __init__(self, host: Any, name: str, method: str) -> None:
         self._host, self._name, self._method = host, name, method
 
-    def remote(self, *args: Any) -> ray.ObjectRef:
+    def remote(self, *args: Any) -> ray.ObjectRef[Any]:
         return self._host.call.remote(self._name, self._method, *args)

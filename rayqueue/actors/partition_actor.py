@@ -25,7 +25,7 @@ from rayqueue import defaults
 from rayqueue.actors.ray_metrics import RayPartitionMetrics
 from rayqueue.actors.ray_replicator import RayReplicaLink
 from rayqueue.config import QueueConfig
-from rayqueue.errors import PartitionFenced, PartitionUnavailable
+from rayqueue.errors import PartitionFenced, PartitionUnavailable, UnknownCall
 from rayqueue.message import PartitionStats
 from rayqueue.partition.replication import ReplicaSet, ReplicaState
 from rayqueue.partition.service import PartitionService
@@ -178,7 +178,7 @@ class PartitionActor:
     async def dispatch(self, partition: str, method: str, args: tuple[Any, ...]) -> Any:
         """One data call that came over the direct channel."""
         if method not in WIRE_METHODS and method not in REPLICA_WIRE_METHODS:
-            raise PartitionUnavailable(self._config.name, self._partition, f"{method!r} is not a data call")
+            raise UnknownCall(method)
         result = getattr(self, method)(*args)
         return self._parked.park_if_bulky(await result if inspect.isawaitable(result) else result)
 

@@ -213,7 +213,7 @@ class Queue:
 
     def _send_batch_plan(self, bodies: Sequence[Body] | ArrowBodies) -> Plan[Any]:
         if is_arrow(bodies):
-            return (yield from self._send_arrow_plan(bodies))  # type: ignore[arg-type]
+            return (yield from self._send_arrow_plan(bodies))
         if isinstance(bodies, (bytes, str)) or not isinstance(bodies, Sequence):
             raise InvalidArgument(f"send_batch takes a sequence of bodies or Arrow data, not {type(bodies).__name__}")
         _check_batch(len(bodies))

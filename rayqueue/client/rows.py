@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeAlias
 
 import numpy as np
 import pyarrow as pa
@@ -17,8 +17,8 @@ import pyarrow.compute as pc
 
 from rayqueue import defaults
 from rayqueue.config import QueueConfig
-from rayqueue.errors import InvalidArgument, InvalidReceipt, MessageTooLarge
-from rayqueue.message import RECEIPT_PATTERN, Message, decode_receipt, encode_receipt, shown
+from rayqueue.errors import InvalidArgument, InvalidReceipt, MessageTooLarge, shown
+from rayqueue.message import RECEIPT_PATTERN, Message, decode_receipt, encode_receipt
 from rayqueue.schemas import SEND_SCHEMA
 
 Body = bytes | bytearray | memoryview | str
@@ -160,7 +160,7 @@ def messages_from_delivery(partition: int, delivery: pa.Table) -> list[Message]:
 
 # ------------------------------------------------------------- the Arrow bulk path
 
-ArrowBodies = pa.Array | pa.ChunkedArray | pa.Table
+ArrowBodies: TypeAlias = pa.Array | pa.ChunkedArray | pa.Table
 _BINARY_TYPES = (pa.binary(), pa.large_binary(), pa.string(), pa.large_string())
 
 

@@ -4,7 +4,7 @@ Both steps fail fast with an error that says what to do, rather than retrying:
 
 - a Ray address that nothing answers at (a dead ``RAY_ADDRESS``, or the "current
   cluster" file that a Ray which ended without shutting down leaves in Ray's temp
-  folder) raises ``RayQueueError`` within ``RAY_CONNECT_TIMEOUT_S``;
+  folder) raises ``RayUnavailable`` within ``RAY_CONNECT_TIMEOUT_S``;
 - storage is checked once, from inside the cluster, before a coordinator starts:
   missing credentials, an endpoint nobody answers at or a missing bucket raise
   ``StorageUnavailable`` naming the cause;
@@ -28,7 +28,7 @@ from ray.exceptions import RayError
 
 from rayqueue import defaults
 from rayqueue.actors.coordinator_actor import RemoteCoordinator
-from rayqueue.errors import RayQueueError, StorageMismatch, StorageUnavailable
+from rayqueue.errors import CoordinatorUnavailable, RayQueueError, RayUnavailable, StorageMismatch, StorageUnavailable
 from rayqueue.transport.direct import unwrap
 from rayqueue.transport.drivers import call_coordinator
 
@@ -73,13 +73,13 @@ def ray_target(address: str | None) -> RayTarget:
         if found:
             return RayTarget(found, path)
         if address == "auto":
-            raise RayQueueError("RAY_ADDRESS=auto, but no Ray cluster runs on this machine; start one with ray start")
+            raise RayUnavailable("RAY_ADDRESS=auto, but no Ray cluster runs on this machine; start one with ray start")
         return RayTarget(None, "none")
     return RayTarget(address, source)
 
 
 def check_reachable(target: RayTarget, timeout_s: float = defaults.RAY_CONNECT_TIMEOUT_S) -> None:
-    """Raise RayQueueError, saying what to do, if nothing listens at ``target``.
+    """Raise RayUnavailable, saying what to do, if nothing listens at ``target``.
 
     A listening port is not proof of a live Ray (another program may have taken
     it), but a dead cluster's port refuses at once, which is the common case."""
@@ -91,7 +91,7 @@ def check_reachable(target: RayTarget, timeout_s: float = defaults.RAY_CONNECT_T
     try:
         socket.create_connection((host, int(port)), timeout=timeout_s).close()
     except OSError as error:
-        raise RayQueueError(
+        raise RayUnavailable(
             f"cannot reach Ray: nothing answers at {target.address} ({error.strerror or error}); " + _advice(target),
             address=target.address,
             source=target.source,
@@ -130,14 +130,14 @@ def _set_auth_mode(mode: str) -> None:
     os.environ["RAY_AUTH_MODE"] = mode
     # Ray's core reads its config once per process: refresh it, as Ray does when it
     # turns token authentication on itself (authentication_token_setup._enable_token_auth).
-    from ray._raylet import Config
+    from ray._raylet import Config  # type: ignore[attr-defined]  # compiled, no stubs
 
     Config.initialize("")
 
 
 def _token_exists() -> bool:
     try:
-        from ray._raylet import AuthenticationTokenLoader
+        from ray._raylet import AuthenticationTokenLoader  # type: ignore[attr-defined]  # compiled, no stubs
 
         return bool(AuthenticationTokenLoader.instance().has_token(ignore_auth_mode=True))
     except Exception:  # noqa: BLE001 - an older or newer Ray: leave the decision to it
@@ -256,7 +256,7 @@ def coordinator(namespace: str, storage: str | None, storage_options: dict[str, 
     requested = normalize_storage(storage) if storage else None
     options = dict(storage_options or {})
     try:
-        handle = ray.get_actor(defaults.COORDINATOR_NAME, namespace=namespace)
+        handle: Any = ray.get_actor(defaults.COORDINATOR_NAME, namespace=namespace)
     except ValueError:
         url = requested or normalize_storage(defaults.STORAGE)
         _check_storage_remotely(url, options)
@@ -288,7 +288,7 @@ def _storage_url(handle: Any, url: str) -> str:
         cause = _last_line(str(died))
         if "StorageUnavailable" in cause or "Storage" in cause:
             raise StorageUnavailable("open", url, cause) from None
-        raise RayQueueError(f"the rayqueue coordinator could not start: {cause}", cause=cause) from None
+        raise CoordinatorUnavailable("start", f"it could not start: {cause}") from None
 
 
 def _last_line(text: str) -> str:

@@ -38,6 +38,7 @@ from rayqueue import defaults
 from rayqueue.config import QueueConfig, check_queue_name, describe_validation_error
 from rayqueue.control.autoscale import LoadSample, ScalingPolicy, decide
 from rayqueue.errors import (
+    CatalogContention,
     ObjectExists,
     PartitionUnavailable,
     QueueAlreadyExists,
@@ -797,7 +798,7 @@ class Coordinator:
                 self._load()
                 continue
             return
-        raise RayQueueError(f"the catalog kept changing under this coordinator ({CATALOG_ATTEMPTS} attempts)")
+        raise CatalogContention(CATALOG_ATTEMPTS)
 
     def _save(self, version: int, queues: dict[str, QueueRecord], broken: dict[str, Broken]) -> None:
         """Persist a catalog version, then publish it here. Unreadable records are

@@ -587,6 +587,7 @@ class PartitionLog:
 
 
 def _delivery(chunk: Chunk, rows: np.ndarray, epoch: int) -> pa.RecordBatch:
+    assert chunk.batch is not None, "the service reloads an evicted chunk before receiving from it"
     if len(rows) and rows[-1] - rows[0] + 1 == len(rows):
         part = chunk.batch.slice(int(rows[0]), len(rows))  # contiguous: no copy
     else:

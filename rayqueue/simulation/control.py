@@ -46,9 +46,10 @@ class SimLauncher:
                 leader.crash()
                 raise PartitionUnavailable(QUEUE, 0, f"leader did not start: {error!r}") from None
         else:
-            leader = world.nodes.get(placement.leader)
-            if leader is None or not leader.alive or leader.service is None:
+            found = world.nodes.get(placement.leader)
+            if found is None or not found.alive or found.service is None:
                 raise PartitionUnavailable(QUEUE, 0, f"leader {placement.leader} is gone")
+            leader = found
         replicas = []
         for name in placement.replicas:
             node = world.nodes.get(name)
@@ -74,6 +75,7 @@ class SimLauncher:
                 node.lead()
             except BaseException as error:  # Crashed too: a promotion that died
                 raise PartitionUnavailable(QUEUE, partition, f"promoting {name}: {error!r}") from None
+        assert node.service is not None  # lead() made it
         return node.service.epoch
 
     def fence(self, name: str, epoch: int) -> None:

@@ -26,6 +26,7 @@ What is checked, against a model of what clients were told:
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import itertools
 import logging
@@ -312,7 +313,7 @@ class SimObjectStore(ObjectStore):
     def list(self, prefix: str) -> list[str]:
         return self._world.storage_op(self._node, "list", lambda: ObjectStore.list(self, prefix))
 
-    def delete(self, names: list[str]) -> None:
+    def delete(self, names: builtins.list[str]) -> None:
         self._world.storage_op(self._node, "delete", lambda: ObjectStore.delete(self, names))
 
 

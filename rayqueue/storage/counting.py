@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 from collections import Counter
 from typing import Any
 
@@ -31,6 +32,6 @@ class CountingStore(ObjectStore):
         self.requests["head"] += 1
         return super().exists(name)
 
-    def delete(self, names: list[str]) -> None:
+    def delete(self, names: builtins.list[str]) -> None:
         self.requests["delete"] += len(names)
         super().delete(names)

@@ -14,6 +14,7 @@ with ``on_error="omit"``, turning an unreadable folder into an empty one.)
 
 from __future__ import annotations
 
+import builtins
 import os
 import time
 import uuid
@@ -180,7 +181,7 @@ class ObjectStore:
         path = self._path(name)
         return int(self._retrying("stat", path, lambda: self.fs.size(path)))
 
-    def delete(self, names: list[str]) -> None:
+    def delete(self, names: builtins.list[str]) -> None:
         """Delete these objects; names that are already gone are ignored."""
         if not names:
             return

@@ -56,7 +56,7 @@ def _alive(actor: Any) -> bool:
     costs nothing to read. A process Ray declared dead may linger (or, on a lost node,
     live on, unreachable to Ray but not to us): calls must stop going there."""
     try:
-        state = ray._private.worker.global_worker.core_worker.get_local_actor_state(actor._actor_id)
+        state = ray._private.worker.global_worker.core_worker.get_local_actor_state(actor._actor_id)  # type: ignore[attr-defined]
     except Exception:  # no such view in this Ray version: rely on the connection alone
         return True
     return state not in _GONE
@@ -94,7 +94,7 @@ def _check_alive(actor: Any) -> None:
         raise ChannelBroken(f"Ray reports actor {actor._actor_id.hex()} is not alive")
 
 
-def unwrap(error: RayTaskError) -> BaseException:
+def unwrap(error: BaseException) -> BaseException:
     """The exception the actor raised, as it raised it."""
     cause = getattr(error, "cause", None)
     return cause if isinstance(cause, BaseException) else error
@@ -107,7 +107,7 @@ class Pending:
         self._handle = handle
         self._actor, name = _address(handle)
         _check_alive(self._actor)
-        self._ref: ray.ObjectRef | None = None
+        self._ref: ray.ObjectRef[Any] | None = None
         if bulky or _through_ray(self._actor):
             self._ref = getattr(handle, method).remote(*args)
             return

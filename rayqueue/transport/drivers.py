@@ -8,7 +8,7 @@ coordinator, until ``PARTITION_RETRY_S`` has passed; then the caller gets
 ``PartitionUnavailable``. A call marked ``once`` is not retried (see
 ``rayqueue.client.plan``). A coordinator call never lets a Ray error out: a coordinator
 that restarts, or that met a dead actor while it failed one over, is retried;
-then the caller gets a ``RayQueueError`` naming the coordinator. Nothing here
+then the caller gets ``CoordinatorUnavailable``. Nothing here
 knows a queue's rules.
 """
 
@@ -23,7 +23,13 @@ from ray.exceptions import GetTimeoutError, ObjectLostError, RayActorError, RayE
 
 from rayqueue import defaults
 from rayqueue.client.plan import Call, Calls, FirstOf, Plan, Step, T, Target
-from rayqueue.errors import PartitionFenced, PartitionRetired, PartitionUnavailable, RayQueueError
+from rayqueue.errors import (
+    CoordinatorUnavailable,
+    PartitionFenced,
+    PartitionRetired,
+    PartitionUnavailable,
+    RayQueueError,
+)
 from rayqueue.transport import direct as channel
 from rayqueue.transport.direct import unwrap
 from rayqueue.transport.wire import ChannelBroken
@@ -48,7 +54,7 @@ def _args(call: Call, retry: bool) -> tuple[Any, ...]:
     return call.retry_args if retry and call.retry_args is not None else call.args
 
 
-def _submit(target: Target, call: Call, retry: bool) -> ray.ObjectRef:
+def _submit(target: Target, call: Call, retry: bool) -> ray.ObjectRef[Any]:
     """Through Ray: for calls that may be cancelled (long-poll probes)."""
     return getattr(_actor(target, call), call.method).remote(*_args(call, retry))
 
@@ -155,8 +161,8 @@ def _execute(target: Target, step: Step) -> Any:
                 failed.append((index, error))
         _give_up_once(target, step, failed)
         if failed:
-            index, error = failed[0]
-            time.sleep(retry.next_delay(step.calls[index].partition, error))
+            index, first = failed[0]
+            time.sleep(retry.next_delay(step.calls[index].partition, first))
             report_failure(target, step.calls[index].partition)
         todo = [index for index, _ in failed]
         retrying = True
@@ -223,10 +229,8 @@ def _coordinator_error(method: str, error: BaseException, late: bool) -> None:
     )
     if retryable and not late:
         return
-    what = "is unavailable" if retryable else "failed"
-    raise RayQueueError(f"the rayqueue coordinator {what} ({method}): {type(cause).__name__}: {cause}") from (
-        None if retryable else cause
-    )
+    what = "" if retryable else "it failed: "
+    raise CoordinatorUnavailable(method, f"{what}{type(cause).__name__}: {cause}") from (None if retryable else cause)
 
 
 # --------------------------------------------------------------- awaitable driver
@@ -287,7 +291,7 @@ async def _execute_async(target: Target, step: Step) -> Any:
     return results
 
 
-async def _await(ref: ray.ObjectRef) -> Any:
+async def _await(ref: ray.ObjectRef[Any]) -> Any:
     return await ref
 
 

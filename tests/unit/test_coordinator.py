@@ -9,7 +9,15 @@ import pytest
 
 from rayqueue.config import QueueConfig
 from rayqueue.control.coordinator import Coordinator, QueueRecord
-from rayqueue.errors import PartitionUnavailable, QueueAlreadyExists, QueueNotFound, StorageCorrupt, StorageUnavailable
+from rayqueue.errors import (
+    CatalogContention,
+    ObjectExists,
+    PartitionUnavailable,
+    QueueAlreadyExists,
+    QueueNotFound,
+    StorageCorrupt,
+    StorageUnavailable,
+)
 from rayqueue.message import PartitionStats
 from rayqueue.storage import ObjectStore, format
 from rayqueue.storage.partition_store import partition_prefix, queue_prefix
@@ -167,6 +175,22 @@ def test_a_recreated_queue_does_not_see_objects_left_by_an_earlier_one_of_that_n
     assert new.uid != old.uid
     assert ObjectStore(storage_url).list(queue_prefix("orders", new.uid) + "/") == []
     assert ObjectStore(storage_url).list("queues/") == [left]
+
+
+def test_a_catalog_that_keeps_changing_is_catalog_contention_and_nothing_is_published(storage_url, monkeypatch):
+    objects = ObjectStore(storage_url, retry_s=0.2)
+    coord = Coordinator(objects, FakeLauncher())
+
+    def always_taken(name: str, data: bytes) -> None:
+        raise ObjectExists(name)  # another coordinator wins every version
+
+    monkeypatch.setattr(objects, "put_once", always_taken)
+    with pytest.raises(CatalogContention) as caught:
+        coord.create_queue(config())
+    monkeypatch.undo()
+
+    assert caught.value.attempts >= 2 and "kept changing" in str(caught.value)
+    assert coord.list_queues() == []
 
 
 def test_create_is_persisted_before_it_is_published(storage_url, monkeypatch):

@@ -84,3 +84,13 @@ def test_no_two_modules_share_a_name() -> None:
             continue
         assert path.stem not in names, f"{path.relative_to(PACKAGE)} and {names[path.stem].relative_to(PACKAGE)}"
         names[path.stem] = path
+
+
+def test_every_error_a_user_can_meet_is_exported_from_the_package() -> None:
+    import rayqueue
+    from rayqueue import errors
+
+    internal = {"ObjectExists"}  # storage's put-once signal: it never leaves a partition or the coordinator
+    for name in set(errors.__all__) - internal:
+        assert getattr(rayqueue, name) is getattr(errors, name), name
+        assert name in rayqueue.__all__, name

@@ -19,7 +19,7 @@ from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
 from rayqueue.client.plan import Call, Calls, FirstOf, Target
 from rayqueue.client.queue import Queue
 from rayqueue.config import QueueConfig
-from rayqueue.errors import PartitionUnavailable, QueueNotFound, RayQueueError
+from rayqueue.errors import CoordinatorUnavailable, PartitionUnavailable, QueueNotFound
 from rayqueue.routes import Route
 from rayqueue.transport import drivers
 
@@ -226,11 +226,11 @@ def test_a_coordinator_restart_or_a_dead_actor_inside_it_is_retried(error):
 @pytest.mark.parametrize(
     "error", [RayActorError(), ActorUnavailableError("restarting", None), task_error(RayActorError())]
 )
-def test_after_the_retries_a_coordinator_failure_is_a_rayqueue_error_naming_it(error):
-    with pytest.raises(RayQueueError) as caught:
+def test_after_the_retries_a_coordinator_failure_is_coordinator_unavailable_naming_it(error):
+    with pytest.raises(CoordinatorUnavailable) as caught:
         drivers._coordinator_error("route", error, late=True)
 
-    assert type(caught.value) is RayQueueError
+    assert caught.value.operation == "route"
     assert "coordinator is unavailable (route)" in str(caught.value)
 
 
@@ -240,16 +240,16 @@ def test_a_rayqueue_error_raised_by_the_coordinator_is_raised_as_it_is():
 
 
 def test_a_fault_inside_the_coordinator_is_named_not_retried():
-    with pytest.raises(RayQueueError) as caught:
+    with pytest.raises(CoordinatorUnavailable) as caught:
         drivers._coordinator_error("route", task_error(KeyError("x")), late=False)
 
-    assert "coordinator failed (route): KeyError" in str(caught.value)
+    assert "(route): it failed: KeyError" in str(caught.value)
 
 
 def test_a_coordinator_whose_constructor_failed_is_named_at_once_not_retried():
     error = RayActorError(error_msg="NoCredentialsError: Unable to locate credentials", actor_init_failed=True)
 
-    with pytest.raises(RayQueueError) as caught:
+    with pytest.raises(CoordinatorUnavailable) as caught:
         drivers._coordinator_error("storage_url", error, late=False)
 
-    assert "coordinator failed (storage_url)" in str(caught.value) and "NoCredentialsError" in str(caught.value)
+    assert "(storage_url): it failed" in str(caught.value) and "NoCredentialsError" in str(caught.value)
