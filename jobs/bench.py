@@ -48,11 +48,11 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from functools import partial
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -174,6 +174,39 @@ class RayQueueBuffered(RayQueueList):
             yield lambda wait_s: received_then_deleted(consumer.receive(wait_s), consumer)
 
 
+class RayQueueFacade(RayQueueList):
+    """rayqueue's awaitable calls behind a blocking facade: each call runs on one event-loop
+    thread per process and the caller waits for it. This is how a single async implementation
+    with a thin blocking facade would behave; measured side by side with the blocking driver
+    (the "list" path) before choosing between the two designs."""
+
+    def send(self, body: bytes) -> None:
+        on_loop_thread(self.queue.send_async(body))
+
+    def _take_one(self, wait_s: float) -> float | None:
+        messages = on_loop_thread(self.queue.receive_async(1, wait_s=wait_s))
+        if not messages:
+            return None
+        received = time.time()
+        on_loop_thread(self.queue.delete_async(messages[0].receipt))
+        return received
+
+
+T = TypeVar("T")
+_loop_thread: asyncio.AbstractEventLoop | None = None
+_loop_lock = threading.Lock()
+
+
+def on_loop_thread(work: Coroutine[Any, Any, T]) -> T:
+    """Run ``work`` on this process's event-loop thread (started on first use) and wait for it."""
+    global _loop_thread
+    with _loop_lock:
+        if _loop_thread is None:
+            _loop_thread = asyncio.new_event_loop()
+            threading.Thread(target=_loop_thread.run_forever, name="rayqueue-loop", daemon=True).start()
+    return asyncio.run_coroutine_threadsafe(work, _loop_thread).result()
+
+
 def received_then_deleted(message: rayqueue.Message | None, deleter: Any) -> float | None:
     """When ``message`` was received (None if none came), once ``deleter`` has deleted it."""
     if message is None:
@@ -184,7 +217,12 @@ def received_then_deleted(message: rayqueue.Message | None, deleter: Any) -> flo
 
 
 #: rayqueue's API paths, by name.
-PATHS: dict[str, type[RayQueueList]] = {"list": RayQueueList, "arrow": RayQueueArrow, "buffered": RayQueueBuffered}
+PATHS: dict[str, type[RayQueueList]] = {
+    "list": RayQueueList,
+    "arrow": RayQueueArrow,
+    "buffered": RayQueueBuffered,
+    "facade": RayQueueFacade,
+}
 
 
 class RayUtilSide:
@@ -457,7 +495,7 @@ def scenarios(batch: int) -> list[Scenario]:
         Scenario(
             "one at a time",
             RATE,
-            paths={"list": "send, receive, delete"},
+            paths={"list": "send, receive, delete", "facade": "the same, async behind a blocking facade"},
             run=one_at_a_time,
             targets={"": Target("ratio", 1.0)},
         ),
@@ -478,7 +516,7 @@ def scenarios(batch: int) -> list[Scenario]:
         Scenario(
             "latency",
             MILLISECONDS,
-            paths={"list": ""},
+            paths={"list": "", "facade": "async behind a blocking facade"},
             run=latency,
             targets={"p50": at_most(1.5), "p99": at_most(5.0)},
         ),
