@@ -75,6 +75,44 @@ STORAGE_RETRY_FIRST_DELAY_S = 0.05
 #: raises PartitionUnavailable (a Ray actor restart takes about 0.65 s here).
 PARTITION_RETRY_S = 30.0
 
+# ---- how long calls wait, and how often things are retried or repeated
+#: How long a probe waits for an actor before calling it slow (not dead).
+PROBE_TIMEOUT_S = 2.0
+#: How long a new actor may take to start.
+START_TIMEOUT_S = 60.0
+#: How long ``start(wait=True)`` waits for leaders to catch new replicas up. Only a
+#: new queue waits (it has nothing to catch up), so this is short; past it the
+#: replicas join in the background.
+ATTACH_TIMEOUT_S = 10.0
+#: How long a promotion may take (it reads the partition's state from storage).
+PROMOTE_TIMEOUT_S = 120.0
+#: How long a parked reply waits to be fetched.
+PARKED_FOR_S = 60.0
+#: How long a fenced leader's process lives on, so that its last replies go out.
+EXIT_AFTER_FENCE_S = 0.5
+#: Times a catalog change is re-applied after losing a race to another writer.
+CATALOG_ATTEMPTS = 5
+#: Times ``route`` starts a queue's partitions when a leader vanishes in between
+#: (the next attempt fails that partition over instead of re-creating its leader).
+ROUTE_ATTEMPTS = 2
+#: How often the coordinator looks for storage prefixes that no queue owns.
+ORPHAN_SWEEP_INTERVAL_S = 3600.0
+#: Body bytes one group commit writes at most (one segment object).
+MAX_SEGMENT_BYTES = 64 * 1024 * 1024
+#: Gauges of visible and in-flight messages are refreshed at most this often.
+STATE_REPORT_INTERVAL_S = 1.0
+#: A write slower than this is logged: a leader that cannot store holds everything in memory.
+SLOW_WRITE_S = 5.0
+#: A call that takes longer than its own wait plus this is treated as lost.
+CALL_TIMEOUT_S = 60.0
+#: Retries back off from the first delay, doubling up to the last: partition and
+#: coordinator calls, storage calls, reports to the coordinator, and writes a leader
+#: already acknowledged (which it must store whatever storage does).
+CALL_BACKOFF_S = (0.05, 0.8)
+STORAGE_BACKOFF_S = (STORAGE_RETRY_FIRST_DELAY_S, 1.0)
+REPORT_BACKOFF_S = (0.1, 2.0)
+STORE_BACKOFF_S = (0.1, 5.0)
+
 #: A partition checkpoints after this many delete logs and emptied segments,
 #: which bounds what its recovery reads.
 CHECKPOINT_EVERY = 64

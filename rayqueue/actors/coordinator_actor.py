@@ -21,7 +21,6 @@ from rayqueue.actors.hosted import HostedPartition
 from rayqueue.actors.partition_actor import RemotePartition, Role
 from rayqueue.config import QueueConfig
 from rayqueue.control.coordinator import (
-    ORPHAN_SWEEP_INTERVAL_S,
     SHARED_PREFIX,
     Coordinator,
     Placement,
@@ -34,17 +33,6 @@ from rayqueue.routes import Route
 from rayqueue.storage import ObjectStore
 
 log = logging.getLogger(__name__)
-
-#: How long a probe waits for an actor before calling it slow (not dead).
-PROBE_TIMEOUT_S = 2.0
-#: How long a new actor may take to start.
-START_TIMEOUT_S = 60.0
-#: How long ``start(wait=True)`` waits for leaders to catch new replicas up. Only a
-#: new queue waits (it has nothing to catch up), so this is short; past it the
-#: replicas join in the background.
-ATTACH_TIMEOUT_S = 10.0
-#: How long a promotion may take (it reads the partition's state from storage).
-PROMOTE_TIMEOUT_S = 120.0
 
 
 class RayLauncher:
@@ -75,7 +63,7 @@ class RayLauncher:
             self._leader(record, partition, placement, partition in create)
             for partition, placement in enumerate(record.placements)
         ]
-        deadline = time.monotonic() + START_TIMEOUT_S
+        deadline = time.monotonic() + defaults.START_TIMEOUT_S
         for partition, ref in enumerate([leader.ready.remote() for leader in leaders]):
             try:
                 ray.get(ref, timeout=max(0.0, deadline - time.monotonic()))
@@ -119,7 +107,7 @@ class RayLauncher:
         caught-up replica to the coordinator without waiting for its answer (the
         coordinator is busy here), so this never waits on the coordinator; if it is
         slow, the replicas join in the background and nothing is promised about them."""
-        done, slow = ray.wait(attaching, num_returns=len(attaching), timeout=ATTACH_TIMEOUT_S)
+        done, slow = ray.wait(attaching, num_returns=len(attaching), timeout=defaults.ATTACH_TIMEOUT_S)
         if slow:
             log.warning("queue %s: %d leaders still catching replicas up; going on", queue, len(slow))
         for ref in done:
@@ -133,7 +121,7 @@ class RayLauncher:
         handle = self._handle(name)
         if isinstance(handle, HostedPartition):
             try:
-                hosted = ray.get(handle.host.has.remote(name), timeout=PROBE_TIMEOUT_S)
+                hosted = ray.get(handle.host.has.remote(name), timeout=defaults.PROBE_TIMEOUT_S)
             except (RayActorError, GetTimeoutError):
                 hosted = False
             return handle if hosted else None
@@ -157,7 +145,7 @@ class RayLauncher:
         """The node an actor runs on (remembered: actors do not move while they live)."""
         if name not in self._nodes:
             try:
-                self._nodes[name] = ray.get(actor.node_id.remote(), timeout=PROBE_TIMEOUT_S)
+                self._nodes[name] = ray.get(actor.node_id.remote(), timeout=defaults.PROBE_TIMEOUT_S)
             except (RayActorError, GetTimeoutError):
                 return ""
         return self._nodes[name]
@@ -189,7 +177,7 @@ class RayLauncher:
                 resources=dict(record.config.partition_resources),
             ).remote()
             try:
-                ray.get(host.add.remote(name, *args), timeout=START_TIMEOUT_S)  # type: ignore[attr-defined]
+                ray.get(host.add.remote(name, *args), timeout=defaults.START_TIMEOUT_S)  # type: ignore[attr-defined]
             except (RayActorError, RayTaskError, GetTimeoutError) as error:
                 raise PartitionUnavailable(
                     record.config.name, partition, f"hosting {name}: {_describe(error)}"
@@ -211,7 +199,9 @@ class RayLauncher:
         """Call ``method`` on every actor at once; each one's result, or the error it
         raised. Actors that are None or do not answer within the probe timeout are left out."""
         calls = {getattr(actor, method).remote(): name for name, actor in actors.items() if actor is not None}
-        ready, _slow = ray.wait(list(calls), num_returns=len(calls), timeout=PROBE_TIMEOUT_S) if calls else ([], [])
+        ready, _slow = (
+            ray.wait(list(calls), num_returns=len(calls), timeout=defaults.PROBE_TIMEOUT_S) if calls else ([], [])
+        )
         outcomes: dict[str, Any] = {}
         for ref in ready:
             try:
@@ -228,7 +218,7 @@ class RayLauncher:
         if replica is None:
             raise PartitionUnavailable(queue, partition, f"replica {name} is gone")
         try:
-            return int(ray.get(replica.promote.remote(), timeout=PROMOTE_TIMEOUT_S))
+            return int(ray.get(replica.promote.remote(), timeout=defaults.PROMOTE_TIMEOUT_S))
         except (RayActorError, RayTaskError, GetTimeoutError) as error:
             raise PartitionUnavailable(queue, partition, f"promoting {name}: {_describe(error)}") from None
 
@@ -238,7 +228,7 @@ class RayLauncher:
         if replica is None:
             raise PartitionUnavailable(queue, partition, f"replica {name} is gone")
         try:
-            ray.get(replica.fence.remote(epoch), timeout=PROBE_TIMEOUT_S)
+            ray.get(replica.fence.remote(epoch), timeout=defaults.PROBE_TIMEOUT_S)
         except (RayActorError, RayTaskError, GetTimeoutError) as error:
             raise PartitionUnavailable(queue, partition, f"fencing {name}: {_describe(error)}") from None
 
@@ -250,7 +240,7 @@ class RayLauncher:
         actor = self._find(leader)
         try:
             if actor is not None:
-                ray.get(actor.set_scaling.remote(retiring, partitions), timeout=PROBE_TIMEOUT_S)
+                ray.get(actor.set_scaling.remote(retiring, partitions), timeout=defaults.PROBE_TIMEOUT_S)
         except Exception:  # a failing leader: failover, then the next route, tells its successor
             log.exception("could not tell %s its scaling state", leader)
 
@@ -317,7 +307,7 @@ class CoordinatorActor:
                     self._coordinator.check_health()
                     self._coordinator.autoscale(time.time())
                 if time.monotonic() >= next_sweep:
-                    next_sweep = time.monotonic() + ORPHAN_SWEEP_INTERVAL_S
+                    next_sweep = time.monotonic() + defaults.ORPHAN_SWEEP_INTERVAL_S
                     self._sweep()
             except Exception:
                 log.exception("health check, scaling or sweep failed; retrying")

@@ -38,12 +38,8 @@ Role = Literal["leader", "replica"]
 
 #: What handles may call over the direct channel (rayqueue.transport.wire): the data calls only.
 WIRE_METHODS = frozenset({"send", "receive", "wait_visible", "delete", "change_visibility", "stats"})
-#: How long a parked reply waits to be fetched.
-PARKED_FOR_S = 60.0
 #: What a leader calls on its replicas over the same channel.
 REPLICA_WIRE_METHODS = frozenset({"hold_segment", "hold_deletes"})
-#: How long a fenced leader's process lives on, so that its last replies go out.
-EXIT_AFTER_FENCE_S = 0.5
 
 
 class ParkedReplies:
@@ -60,7 +56,7 @@ class ParkedReplies:
         now = time.monotonic()
         self._replies = {t: kept for t, kept in self._replies.items() if kept[1] > now}  # never fetched
         token = next(self._tokens)
-        self._replies[token] = (value, now + PARKED_FOR_S)
+        self._replies[token] = (value, now + defaults.PARKED_FOR_S)
         return Parked(token)
 
     def take(self, token: int) -> Any | None:
@@ -124,9 +120,9 @@ class PartitionActor:
     def _fenced(self) -> None:
         # Replaced, or unable to store what it acknowledged: stop, so that Ray and the
         # coordinator put a leader in its place (a replica, or a restart from storage).
-        log.warning("%s: fenced; stopping in %.1f s", self._name, EXIT_AFTER_FENCE_S)
+        log.warning("%s: fenced; stopping in %.1f s", self._name, defaults.EXIT_AFTER_FENCE_S)
         try:
-            asyncio.get_running_loop().call_later(EXIT_AFTER_FENCE_S, self.stop_when_fenced)
+            asyncio.get_running_loop().call_later(defaults.EXIT_AFTER_FENCE_S, self.stop_when_fenced)
         except RuntimeError:  # not on the event loop (a synchronous call): stop now
             self.stop_when_fenced()
 

@@ -51,13 +51,6 @@ from rayqueue.storage import CatalogStore, ObjectStore, format, partition_prefix
 
 log = logging.getLogger(__name__)
 
-#: Times a catalog change is re-applied after losing a race to another writer.
-CATALOG_ATTEMPTS = 5
-#: Times ``route`` starts a queue's partitions when a leader vanishes in between
-#: (the next attempt fails that partition over instead of re-creating its leader).
-ROUTE_ATTEMPTS = 2
-#: How often the coordinator looks for storage prefixes that no queue owns.
-ORPHAN_SWEEP_INTERVAL_S = 3600.0
 #: A queue's uid: what ``QueueRecord.new`` makes, and all a storage path may hold.
 _UID = re.compile(r"[0-9a-f]{1,32}")
 
@@ -361,7 +354,7 @@ class Coordinator:
 
     def _start(self, name: str, wait: bool) -> tuple[QueueRecord, tuple[Any, ...]]:
         """Fail over what must be, then start the queue's actors; its record and leaders."""
-        for attempt in range(1, ROUTE_ATTEMPTS + 1):
+        for attempt in range(1, defaults.ROUTE_ATTEMPTS + 1):
             create = self._prepare(name)
             record = self._queues[name]
             try:
@@ -369,7 +362,7 @@ class Coordinator:
             except PartitionUnavailable as error:
                 # A leader that died after _prepare probed it: the next _prepare promotes
                 # its replica (start never re-creates it from storage, F8).
-                if attempt == ROUTE_ATTEMPTS or not self._leader_dead(name, error.partition):
+                if attempt == defaults.ROUTE_ATTEMPTS or not self._leader_dead(name, error.partition):
                     raise
         raise AssertionError("unreachable")
 
@@ -788,7 +781,7 @@ class Coordinator:
         If another coordinator committed the same version first, reload and apply
         the change again to what it wrote.
         """
-        for _ in range(CATALOG_ATTEMPTS):
+        for _ in range(defaults.CATALOG_ATTEMPTS):
             queues = change(self._queues)
             if queues is None:
                 return
@@ -798,7 +791,7 @@ class Coordinator:
                 self._load()
                 continue
             return
-        raise CatalogContention(CATALOG_ATTEMPTS)
+        raise CatalogContention(defaults.CATALOG_ATTEMPTS)
 
     def _save(self, version: int, queues: dict[str, QueueRecord], broken: dict[str, Broken]) -> None:
         """Persist a catalog version, then publish it here. Unreadable records are

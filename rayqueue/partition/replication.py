@@ -28,6 +28,7 @@ import numpy as np
 import pyarrow as pa
 
 from rayqueue import defaults
+from rayqueue.backoff import Backoff
 from rayqueue.errors import PartitionFenced
 
 log = logging.getLogger(__name__)
@@ -293,14 +294,13 @@ class ReplicaSet:
 async def _answer(ask: Callable[[], Awaitable[bool]], what: str, wanted: Callable[[], bool]) -> bool:
     """The coordinator's answer to a report, asked again (with backoff) while it cannot be
     reached and the report still matters; False if it stopped mattering."""
-    delay = 0.1
+    backoff = Backoff(*defaults.REPORT_BACKOFF_S)
     while wanted():
         try:
             return await ask()
         except Exception as error:
             log.warning("reporting %s failed (%s); retrying", what, error)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 2.0)
+            await asyncio.sleep(backoff.next())
     return False
 
 

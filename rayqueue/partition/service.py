@@ -48,11 +48,6 @@ from rayqueue.storage.partition_store import Checkpoint
 
 log = logging.getLogger(__name__)
 
-#: Body bytes one group commit writes at most (one segment object).
-MAX_SEGMENT_BYTES = 64 * 1024 * 1024
-#: Gauges of visible and in-flight messages are refreshed at most this often.
-STATE_REPORT_INTERVAL_S = 1.0
-
 
 class PartitionService:
     def __init__(
@@ -90,7 +85,7 @@ class PartitionService:
         )
         # Items are (rows, whether their ids are explicit).
         self._sends: GroupCommit[tuple[pa.Table, bool]] = GroupCommit(
-            self._flush_sends, weight=lambda item: item[0].nbytes, max_weight=MAX_SEGMENT_BYTES
+            self._flush_sends, weight=lambda item: item[0].nbytes, max_weight=defaults.MAX_SEGMENT_BYTES
         )
         self._deletes: GroupCommit[DeleteTicket] = GroupCommit(self._flush_deletes)
         self._next_delete_seq = 0
@@ -504,6 +499,6 @@ class PartitionService:
     def _report_state(self) -> None:
         # Counting in-flight messages scans the log: at most once a second.
         now = time.monotonic()
-        if now - self._state_reported_at >= STATE_REPORT_INTERVAL_S:
+        if now - self._state_reported_at >= defaults.STATE_REPORT_INTERVAL_S:
             self._state_reported_at = now
             self.stats()

@@ -22,6 +22,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from rayqueue import defaults
+from rayqueue.backoff import Backoff
 from rayqueue.errors import StorageUnavailable
 
 log = logging.getLogger(__name__)
@@ -30,9 +32,6 @@ log = logging.getLogger(__name__)
 RunBlocking = Callable[..., Awaitable[Any]]
 
 Step = Literal["stored", "applied"]
-
-#: A write slower than this is logged: a leader that cannot store holds everything in memory.
-SLOW_WRITE_S = 5.0
 
 
 class Settlement:
@@ -153,7 +152,7 @@ class OrderedWriter:
             write.done.set_result(result)
 
     async def _store(self, write: _Write) -> Any:
-        started, delay = time.perf_counter(), 0.1
+        started, backoff = time.perf_counter(), Backoff(*defaults.STORE_BACKOFF_S)
         while True:
             try:
                 result = await self._run_blocking(write.call, *write.args)
@@ -161,12 +160,11 @@ class OrderedWriter:
                 if not self._retry:
                     raise
                 log.warning("storage unavailable (%s); retrying a write already acknowledged", error)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                await asyncio.sleep(backoff.next())
                 continue
             seconds = time.perf_counter() - started
             self._on_write_seconds(seconds)
-            if seconds > SLOW_WRITE_S:
+            if seconds > defaults.SLOW_WRITE_S:
                 log.warning("storing object %d took %.1f s", write.key, seconds)
             return result
 

@@ -26,6 +26,7 @@ from fsspec import AbstractFileSystem
 from fsspec.implementations.local import LocalFileSystem
 
 from rayqueue import defaults
+from rayqueue.backoff import Backoff
 from rayqueue.errors import ObjectExists, StorageUnavailable
 
 T = TypeVar("T")
@@ -213,19 +214,18 @@ class ObjectStore:
 
     def _retrying(self, operation: str, path: str, call: Callable[[], T]) -> T:
         deadline = time.monotonic() + self._retry_s
-        delay = defaults.STORAGE_RETRY_FIRST_DELAY_S
+        backoff = Backoff(*defaults.STORAGE_BACKOFF_S)
         while True:
             try:
                 return call()
             except ObjectExists:
                 raise
             except Exception as error:
-                if _permanent(error) or time.monotonic() + delay > deadline:
+                if _permanent(error) or time.monotonic() + backoff.peek() > deadline:
                     if isinstance(error, FileNotFoundError):
                         raise
                     raise StorageUnavailable(operation, path, f"{type(error).__name__}: {error}") from None
-                time.sleep(delay)
-                delay = min(delay * 2, 1.0)
+                time.sleep(backoff.next())
 
 
 def _walk(fs: AbstractFileSystem, top: str) -> Iterator[tuple[str, dict[str, Any]]]:

@@ -22,6 +22,7 @@ import ray
 from ray.exceptions import GetTimeoutError, ObjectLostError, RayActorError, RayError, RayTaskError, TaskCancelledError
 
 from rayqueue import defaults
+from rayqueue.backoff import Backoff
 from rayqueue.client.plan import Call, Calls, FirstOf, Plan, Step, T, Target
 from rayqueue.errors import (
     CoordinatorUnavailable,
@@ -38,9 +39,6 @@ from rayqueue.transport.wire import ChannelBroken
 _RETRYABLE = (RayActorError, ObjectLostError, GetTimeoutError, ChannelBroken)
 #: Errors raised by a partition that another actor serves now (or soon): retried after a fresh route.
 _ELSEWHERE = (PartitionUnavailable, PartitionFenced)
-#: A call that takes longer than its own wait plus this is treated as lost.
-CALL_TIMEOUT_S = 60.0
-_BACKOFF_S = (0.05, 0.1, 0.2, 0.4, 0.8)
 
 
 def _actor(target: Target, call: Call) -> Any:
@@ -69,18 +67,16 @@ class _Retry:
     def __init__(self, target: Target) -> None:
         self.target = target
         self.deadline = time.monotonic() + defaults.PARTITION_RETRY_S
-        self.attempt = 0
+        self.backoff = Backoff(*defaults.CALL_BACKOFF_S)
 
     def next_delay(self, partition: int, error: BaseException) -> float:
         if time.monotonic() >= self.deadline:
             raise PartitionUnavailable(self.target.name, partition, f"{type(error).__name__}: {error}")
-        delay = _BACKOFF_S[min(self.attempt, len(_BACKOFF_S) - 1)]
-        self.attempt += 1
-        return delay
+        return self.backoff.next()
 
 
 def _timeout(call: Call) -> float:
-    return call.wait_s + CALL_TIMEOUT_S
+    return call.wait_s + defaults.CALL_TIMEOUT_S
 
 
 def _unavailable(target: Target, call: Call, error: BaseException) -> PartitionUnavailable:
@@ -197,14 +193,13 @@ def call_coordinator(coordinator: Any, method: str, *args: Any) -> Any:
     """A blocking coordinator call, retried while the coordinator restarts; it raises
     only rayqueue errors (see ``_coordinator_error``)."""
     deadline = time.monotonic() + defaults.PARTITION_RETRY_S
-    attempt = 0
+    backoff = Backoff(*defaults.CALL_BACKOFF_S)
     while True:
         try:
-            return ray.get(getattr(coordinator, method).remote(*args), timeout=CALL_TIMEOUT_S)
+            return ray.get(getattr(coordinator, method).remote(*args), timeout=defaults.CALL_TIMEOUT_S)
         except RayError as error:
             _coordinator_error(method, error, time.monotonic() >= deadline)
-        time.sleep(_BACKOFF_S[min(attempt, len(_BACKOFF_S) - 1)])
-        attempt += 1
+        time.sleep(backoff.next())
 
 
 def _coordinator_error(method: str, error: BaseException, late: bool) -> None:
@@ -324,14 +319,13 @@ async def report_failure_async(target: Target, partition: int) -> None:
 async def call_coordinator_async(coordinator: Any, method: str, *args: Any) -> Any:
     """``call_coordinator`` without blocking the event loop."""
     deadline = time.monotonic() + defaults.PARTITION_RETRY_S
-    attempt = 0
+    backoff = Backoff(*defaults.CALL_BACKOFF_S)
     while True:
         try:
-            return await asyncio.wait_for(_await(getattr(coordinator, method).remote(*args)), CALL_TIMEOUT_S)
+            return await asyncio.wait_for(_await(getattr(coordinator, method).remote(*args)), defaults.CALL_TIMEOUT_S)
         except (TimeoutError, RayError) as error:
             _coordinator_error(method, error, time.monotonic() >= deadline)
-        await asyncio.sleep(_BACKOFF_S[min(attempt, len(_BACKOFF_S) - 1)])
-        attempt += 1
+        await asyncio.sleep(backoff.next())
 
 
 # ------------------------------------------------------------------ plan stepping
