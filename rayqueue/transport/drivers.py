@@ -39,6 +39,9 @@ from rayqueue.transport.wire import ChannelBroken
 _RETRYABLE = (RayActorError, ObjectLostError, GetTimeoutError, ChannelBroken)
 #: Errors raised by a partition that another actor serves now (or soon): retried after a fresh route.
 _ELSEWHERE = (PartitionUnavailable, PartitionFenced)
+#: How a call ends that is retried (or, marked ``once``, given up): the partition is
+#: gone, restarting or elsewhere, or the call timed out.
+_FAILED = (*_ELSEWHERE, *_RETRYABLE, TimeoutError)
 
 
 def _actor(target: Target, call: Call) -> Any:
@@ -61,18 +64,56 @@ def _start(target: Target, call: Call, retry: bool) -> channel.Pending:
     return channel.Pending(_actor(target, call), call.method, _args(call, retry), _timeout(call), call.bulky)
 
 
-class _Retry:
-    """Bookkeeping of one step's retries: backoff, deadline, the final error."""
+class _StepRun:
+    """One ``Calls`` step as both drivers run it: the calls still to make, their results,
+    and what one round of outcomes means. The drivers differ only in how they wait."""
 
-    def __init__(self, target: Target) -> None:
+    def __init__(self, target: Target, step: Calls) -> None:
         self.target = target
-        self.deadline = time.monotonic() + defaults.PARTITION_RETRY_S
-        self.backoff = Backoff(*defaults.CALL_BACKOFF_S)
+        self.step = step
+        self.results: list[Any] = [None] * len(step.calls)
+        self.todo = list(range(len(step.calls)))
+        #: Repeats use each call's ``retry_args`` (dedup on).
+        self.retrying = False
+        self._deadline = time.monotonic() + defaults.PARTITION_RETRY_S
+        self._backoff = Backoff(*defaults.CALL_BACKOFF_S)
 
-    def next_delay(self, partition: int, error: BaseException) -> float:
-        if time.monotonic() >= self.deadline:
-            raise PartitionUnavailable(self.target.name, partition, f"{type(error).__name__}: {error}")
-        return self.backoff.next()
+    def pending(self) -> dict[int, Call]:
+        return {index: self.step.calls[index] for index in self.todo}
+
+    def settle(self, outcomes: dict[int, Any]) -> tuple[int, float] | None:
+        """Take one round's outcomes (each call's result, or the error it ended with).
+
+        Returns None once every call has its result, or the partition to report and the
+        seconds to wait before the next round. Raises what a call raised on purpose, and
+        ``PartitionUnavailable`` for a failed ``once`` call or once retrying runs out.
+        """
+        failed: list[tuple[int, BaseException]] = []
+        for index, outcome in outcomes.items():
+            if not isinstance(outcome, BaseException):
+                self.results[index] = outcome
+                continue
+            error = unwrap(outcome) if isinstance(outcome, RayTaskError) else outcome
+            if not isinstance(error, _FAILED):
+                raise error
+            failed.append((index, error))
+        _give_up_once(self.target, self.step, failed)
+        self.todo, self.retrying = [index for index, _ in failed], True
+        if not failed:
+            return None
+        index, error = failed[0]
+        call = self.step.calls[index]
+        if time.monotonic() >= self._deadline:
+            raise _unavailable(self.target, call, error)
+        return call.partition, self._backoff.next()
+
+
+def _first_failed(error: BaseException) -> None:
+    """A ``FirstOf`` call that failed: return if its partition is gone, restarting or
+    replaced (the driver reports it), or raise what the partition raised on purpose."""
+    cause = unwrap(error) if isinstance(error, RayTaskError) else error
+    if not isinstance(cause, (*_FAILED, TaskCancelledError)):
+        raise cause from None
 
 
 def _timeout(call: Call) -> float:
@@ -138,31 +179,26 @@ def run(target: Target, plan: Plan[T]) -> T:
 def _execute(target: Target, step: Step) -> Any:
     if isinstance(step, FirstOf):
         return _first_of(target, step)
-    retry = _Retry(target)
-    results: list[Any] = [None] * len(step.calls)
-    todo = list(range(len(step.calls)))
-    retrying = False
-    while todo:
+    run = _StepRun(target, step)
+    while calls := run.pending():
+        outcomes: dict[int, Any] = {}
         started: dict[int, channel.Pending] = {}
-        failed: list[tuple[int, BaseException]] = []
-        for index in todo:
+        for index, call in calls.items():
             try:
-                started[index] = _start(target, step.calls[index], retrying)
-            except _RETRYABLE as error:
-                failed.append((index, error))
+                started[index] = _start(target, call, run.retrying)
+            except Exception as error:  # settle() tells a failure to retry from an answer
+                outcomes[index] = error
         for index, pending in started.items():
             try:
-                results[index] = pending.result(_timeout(step.calls[index]))
-            except (*_ELSEWHERE, *_RETRYABLE) as error:
-                failed.append((index, error))
-        _give_up_once(target, step, failed)
-        if failed:
-            index, first = failed[0]
-            time.sleep(retry.next_delay(step.calls[index].partition, first))
-            report_failure(target, step.calls[index].partition)
-        todo = [index for index, _ in failed]
-        retrying = True
-    return results
+                outcomes[index] = pending.result(_timeout(calls[index]))
+            except Exception as error:
+                outcomes[index] = error
+        retry = run.settle(outcomes)
+        if retry is not None:
+            partition, delay = retry
+            time.sleep(delay)
+            report_failure(target, partition)
+    return run.results
 
 
 def _first_of(target: Target, step: FirstOf) -> tuple[int, Any] | None:
@@ -175,11 +211,8 @@ def _first_of(target: Target, step: FirstOf) -> tuple[int, Any] | None:
     index = refs.index(ready[0])
     try:
         return index, ray.get(ready[0])
-    except RayTaskError as error:
-        if not isinstance(unwrap(error), _ELSEWHERE):
-            raise unwrap(error) from None
-    except _RETRYABLE:
-        pass
+    except Exception as error:
+        _first_failed(error)
     report_failure(target, step.calls[index].partition)
     return None
 
@@ -250,40 +283,24 @@ async def run_async(target: Target, plan: Plan[T]) -> T:
 async def _execute_async(target: Target, step: Step) -> Any:
     if isinstance(step, FirstOf):
         return await _first_of_async(target, step)
-    retry = _Retry(target)
-    results: list[Any] = [None] * len(step.calls)
-    todo = list(range(len(step.calls)))
-    retrying = False
-    while todo:
-        calls = {index: step.calls[index] for index in todo}
+    run = _StepRun(target, step)
+    while calls := run.pending():
         outcomes = await asyncio.gather(
             *(
                 asyncio.wait_for(
-                    channel.call_async(_actor(target, call), call.method, _args(call, retrying), call.bulky),
+                    channel.call_async(_actor(target, call), call.method, _args(call, run.retrying), call.bulky),
                     _timeout(call),
                 )
                 for call in calls.values()
             ),
             return_exceptions=True,
         )
-        failed: list[tuple[int, BaseException]] = []
-        for index, outcome in zip(calls, outcomes):
-            if isinstance(outcome, RayTaskError):  # fetching the endpoint through Ray failed
-                outcome = unwrap(outcome)
-            if isinstance(outcome, (*_ELSEWHERE, *_RETRYABLE, asyncio.TimeoutError)):
-                failed.append((index, outcome))
-            elif isinstance(outcome, BaseException):
-                raise outcome
-            else:
-                results[index] = outcome
-        _give_up_once(target, step, failed)
-        if failed:
-            index, error = failed[0]
-            await asyncio.sleep(retry.next_delay(step.calls[index].partition, error))
-            await report_failure_async(target, step.calls[index].partition)
-        todo = [index for index, _ in failed]
-        retrying = True
-    return results
+        retry = run.settle(dict(zip(calls, outcomes)))
+        if retry is not None:
+            partition, delay = retry
+            await asyncio.sleep(delay)
+            await report_failure_async(target, partition)
+    return run.results
 
 
 async def _await(ref: ray.ObjectRef[Any]) -> Any:
@@ -303,11 +320,8 @@ async def _first_of_async(target: Target, step: FirstOf) -> tuple[int, Any] | No
     task = next(iter(done))
     try:
         return tasks.index(task), task.result()
-    except RayTaskError as error:
-        if not isinstance(unwrap(error), _ELSEWHERE):
-            raise unwrap(error) from None
-    except (*_RETRYABLE, TaskCancelledError):
-        pass
+    except Exception as error:
+        _first_failed(error)
     await report_failure_async(target, step.calls[tasks.index(task)].partition)
     return None
 

@@ -14,14 +14,15 @@ from typing import Any
 
 import pyarrow as pa
 import pytest
-from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
+from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError, TaskCancelledError
 
 from rayqueue.client.plan import Call, Calls, FirstOf, Target
 from rayqueue.client.queue import Queue
 from rayqueue.config import QueueConfig
-from rayqueue.errors import CoordinatorUnavailable, PartitionUnavailable, QueueNotFound
+from rayqueue.errors import CoordinatorUnavailable, PartitionUnavailable, QueueFull, QueueNotFound
 from rayqueue.routes import Route
 from rayqueue.transport import drivers
+from rayqueue.transport.wire import ChannelBroken
 
 
 @dataclass
@@ -253,3 +254,56 @@ def test_a_coordinator_whose_constructor_failed_is_named_at_once_not_retried():
         drivers._coordinator_error("storage_url", error, late=False)
 
     assert "(storage_url): it failed" in str(caught.value) and "NoCredentialsError" in str(caught.value)
+
+
+# ----------------------------------- one step's outcomes, as both drivers settle them
+
+
+def step_run(queue: Queue, *calls: Call) -> drivers._StepRun:
+    return drivers._StepRun(target_of(queue, FakeCoordinator()), Calls(list(calls)))
+
+
+def test_a_round_whose_calls_all_answered_fills_the_results_in_order():
+    run = step_run(queue_of(3), Call(0, "send", ()), Call(2, "send", ()))
+
+    assert run.settle({1: "b", 0: "a"}) is None
+    assert run.results == ["a", "b"] and run.pending() == {}
+
+
+@pytest.mark.parametrize(
+    "failure", [RayActorError(), ChannelBroken("reset"), TimeoutError(), task_error(PartitionUnavailable("q", 2, "x"))]
+)
+def test_a_call_whose_partition_failed_is_retried_alone_with_dedup_after_a_report(failure):
+    run = step_run(queue_of(3), Call(0, "send", ()), Call(2, "send", ()))
+
+    retry = run.settle({0: "a", 1: failure})
+
+    assert retry is not None and retry[0] == 2 and retry[1] > 0  # report partition 2, then wait
+    assert list(run.pending()) == [1] and run.retrying and run.results[0] == "a"
+
+
+def test_an_error_a_partition_raised_on_purpose_is_the_answer_not_a_retry():
+    run = step_run(queue_of(3), Call(0, "send", ()))
+
+    with pytest.raises(QueueFull):
+        run.settle({0: task_error(QueueFull("q", 10, 10, 1))})
+
+
+def test_retrying_a_failed_partition_ends_in_partition_unavailable(monkeypatch):
+    run = step_run(queue_of(3), Call(1, "send", ()))
+    monkeypatch.setattr(run, "_deadline", 0.0)  # the retry time has run out
+
+    with pytest.raises(PartitionUnavailable) as caught:
+        run.settle({0: RayActorError()})
+
+    assert caught.value.partition == 1 and "RayActorError" in caught.value.cause
+
+
+@pytest.mark.parametrize("failure", [TaskCancelledError(), RayActorError(), task_error(RayActorError())])
+def test_a_long_poll_probe_that_failed_is_reported_by_both_drivers(failure):
+    drivers._first_failed(failure)  # returns: the driver reports the partition
+
+
+def test_a_long_poll_probe_that_raised_on_purpose_raises_it():
+    with pytest.raises(QueueNotFound):
+        drivers._first_failed(task_error(QueueNotFound("q")))
