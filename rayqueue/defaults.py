@@ -50,6 +50,9 @@ MIN_RETENTION_S = 60.0
 MAX_RETENTION_S = 14 * 24 * 3600.0
 #: Longest long poll of one receive call (SQS allows 20 s).
 MAX_WAIT_S = 20.0
+#: Longest refresh interval of ``rayqueue top``: a live view wants seconds, and
+#: ``time.sleep`` refuses values past about 9e9 s with a raw OverflowError.
+MAX_TOP_INTERVAL_S = 3600.0
 
 #: Most messages in one send_batch, receive or delete_batch call.
 MAX_BATCH_MESSAGES = 10_000
@@ -62,6 +65,10 @@ MAX_ATTRIBUTE_VALUE_LENGTH = 4096
 #: Longest ordering key and explicit message id.
 MAX_KEY_LENGTH = 256
 MAX_MESSAGE_ID_LENGTH = 128
+#: Most messages one read_dataset may ask for: far past any queue's MAX_QUEUE_MESSAGES
+#: (messages that come back may be read again), and small enough that the readers'
+#: shares, worked out in floats, stay exact (below 2**53).
+MAX_READ_MESSAGES = 1_000_000_000_000
 
 #: How long an explicit message_id makes a repeated send a no-op (SQS: 5 minutes).
 DEDUP_WINDOW_S = 300.0
