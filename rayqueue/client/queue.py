@@ -417,4 +417,3 @@ def _bulky(nbytes: int) -> bool:
 def _check_batch(messages: int) -> None:
     if messages > defaults.MAX_BATCH_MESSAGES:
         raise InvalidArgument(f"a batch ({messages} messages) must hold at most {defaults.MAX_BATCH_MESSAGES} messages")
-

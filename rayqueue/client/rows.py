@@ -271,8 +271,11 @@ def _attributes(table: pa.Table) -> pa.Array | None:
         )
     pairs = pc.list_flatten(entries)
     rows = pc.list_parent_indices(entries).to_numpy()
-    limits = (("name", "key", defaults.MAX_ATTRIBUTE_KEY_LENGTH), ("value", "value", defaults.MAX_ATTRIBUTE_VALUE_LENGTH))
-    for what, field, limit in limits:
+    limits = {
+        "name": ("key", defaults.MAX_ATTRIBUTE_KEY_LENGTH),
+        "value": ("value", defaults.MAX_ATTRIBUTE_VALUE_LENGTH),
+    }
+    for what, (field, limit) in limits.items():
         strings = pc.struct_field(pairs, field)
         _check_strings(f"attribute {what}", strings, rows, limit, allow_empty=what == "value", allow_null=False)
     return attributes
@@ -310,8 +313,7 @@ def _check_strings(
         value, length = strings[index].as_py(), lengths[index].as_py()
         wanted = f"at most {limit}" if allow_empty else f"1 to {limit}"
         raise InvalidArgument(
-            f"{what} of message {_row(rows, index)} ({shown(repr(value))}, {length} chars) "
-            f"must be {wanted} characters"
+            f"{what} of message {_row(rows, index)} ({shown(repr(value))}, {length} chars) must be {wanted} characters"
         )
 
 
