@@ -24,6 +24,19 @@ MAX_QUEUE_MESSAGES = 10_000_000_000
 MAX_MESSAGE_BYTES_LIMIT = 16 * 1024 * 1024
 #: Most partitions one queue may have.
 MAX_PARTITIONS = 256
+#: Sends per second one partition may be told to carry (target_send_rate): the scaling
+#: policy divides by it, so a tiny value overflows and an infinite one is no target.
+MIN_TARGET_SEND_RATE = 1e-3
+MAX_TARGET_SEND_RATE = 1e9
+#: Ray counts resources in ten-thousandths: it refuses a non-zero request below this
+#: (and rounds others), so partition_num_cpus and partition_resources are multiples of it.
+RESOURCE_UNIT = 0.0001
+#: Largest partition_resources quantity: Ray keeps quantities as 64-bit counts of
+#: RESOURCE_UNIT, and a value near that overflows in Ray after the queue is created.
+MAX_RESOURCE_QUANTITY = 1e12
+#: Resources that partition_resources may not name: Ray takes CPUs, GPUs and memory only
+#: through their own options (partition_num_cpus sets the CPUs), never as custom resources.
+RESERVED_RESOURCES = frozenset({"CPU", "GPU", "memory", "object_store_memory"})
 #: Message data a partition keeps in memory by default, and at least; a larger
 #: backlog stays on storage and is read back a segment at a time.
 PARTITION_MEMORY_BYTES = 256 * 1024 * 1024
