@@ -23,7 +23,8 @@ def check_queue_name(name: object) -> str:
     """Return ``name`` if it is a valid queue name, else raise :class:`InvalidArgument`."""
     if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise InvalidArgument(
-            f"queue name {shown(repr(name))} must be 1 to {defaults.MAX_NAME_LENGTH} characters of letters, digits, '-' and '_'",
+            f"queue name {shown(repr(name))} must be 1 to {defaults.MAX_NAME_LENGTH} characters "
+            "of letters, digits, '-' and '_'",
             name=name,
         )
     return name
