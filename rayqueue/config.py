@@ -104,7 +104,7 @@ class QueueConfig(BaseModel):
             try:
                 _ray_precision(quantity)
             except ValueError as error:
-                raise ValueError(f"{shown(name)} ({quantity!r}) {error}") from None
+                raise ValueError(f"{shown(repr(name))} ({quantity!r}) {error}") from None
         return resources
 
     @model_validator(mode="before")
@@ -112,6 +112,8 @@ class QueueConfig(BaseModel):
     def _fixed_unless_told(cls, settings: Any) -> Any:
         if isinstance(settings, dict):
             partitions = settings.get("partitions", 1)
+            if type(partitions) is not int or not 1 <= partitions <= defaults.MAX_PARTITIONS:
+                return settings  # partitions' own error says it all; unset bounds add nothing
             for bound in ("min_partitions", "max_partitions"):
                 if settings.get(bound) is None:
                     settings = {**settings, bound: partitions}
