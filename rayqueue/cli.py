@@ -43,6 +43,7 @@ import rayqueue
 from rayqueue import defaults
 from rayqueue.config import QueueConfig, check_queue_name
 from rayqueue.errors import InvalidArgument, RayQueueError, RayUnavailable
+from rayqueue.validation import check, count, more_than, number
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 #: Defaults of ``create`` (the Python API has none for these two).
@@ -111,14 +112,15 @@ def check_arguments(args: argparse.Namespace) -> None:
         check_queue_name(args.name)
     if args.command == "create":
         QueueConfig.build(name=args.name, **create_settings(args))
-    if args.command == "send" and args.batch < 1:
-        raise InvalidArgument(f"--batch ({args.batch}) must be at least 1")
-    if args.command == "receive" and not 1 <= args.max <= defaults.MAX_BATCH_MESSAGES:
-        raise InvalidArgument(f"--max ({args.max}) must be from 1 to {defaults.MAX_BATCH_MESSAGES:,}")
-    if args.command == "receive" and not 0 <= args.wait <= defaults.MAX_WAIT_S:
-        raise InvalidArgument(f"--wait ({args.wait}) must be from 0 to {defaults.MAX_WAIT_S:g} seconds")
-    if args.command == "top" and args.interval <= 0:
-        raise InvalidArgument(f"--interval ({args.interval}) must be more than 0 seconds")
+    if args.command == "send":
+        check("--batch", args.batch, count(1, defaults.MAX_BATCH_MESSAGES))
+    if args.command == "receive":
+        check("--max", args.max, count(1, defaults.MAX_BATCH_MESSAGES))
+        check("--wait", args.wait, number(0.0, defaults.MAX_WAIT_S))
+        if args.visibility_timeout is not None:
+            check("--visibility-timeout", args.visibility_timeout, number(0.0, defaults.MAX_VISIBILITY_TIMEOUT_S))
+    if args.command == "top":
+        check("--interval", args.interval, more_than(0.0, defaults.MAX_TOP_INTERVAL_S))
 
 
 def connect(args: argparse.Namespace) -> rayqueue.Client:
@@ -526,7 +528,7 @@ def format_receive(result: Result) -> str:
     rows = [header]
     for m in messages:
         receipt = () if result["deleted"] else (m["receipt"],)
-        rows.append((m["id"], str(m["receive_count"]), *receipt, printable(m)))
+        rows.append((escaped(m["id"]), str(m["receive_count"]), *receipt, printable(m)))
     done = "received and deleted" if result["deleted"] else "received (in flight until deleted or timed out)"
     return columns(rows) + f"\n{done}: {plural(len(messages), 'message')}"
 
@@ -607,7 +609,13 @@ def printable(message: dict[str, Any]) -> str:
     """The body on one line: control characters escaped, non-UTF-8 shown as base64."""
     if message["body"] is None:
         return "base64:" + message["body_base64"]
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in message["body"])
+    return escaped(message["body"])
+
+
+def escaped(text: str) -> str:
+    """``text`` on one line with control characters escaped: what a producer put in a
+    body or a message id must not move the cursor or recolour the user's terminal."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def plural(count: int, noun: str) -> str:

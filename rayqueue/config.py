@@ -2,25 +2,29 @@
 
 from __future__ import annotations
 
+import math
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from rayqueue import defaults
-from rayqueue.errors import InvalidArgument
+from rayqueue.errors import InvalidArgument, shown
 
 _NAME = re.compile(rf"[A-Za-z0-9_-]{{1,{defaults.MAX_NAME_LENGTH}}}")
 
 Durability = Literal["storage", "replicas"]
+#: A quantity of a custom resource, as Ray takes it (see ``_ray_precision`` for the rest).
+ResourceQuantity = Annotated[float, Field(ge=0.0, le=defaults.MAX_RESOURCE_QUANTITY, allow_inf_nan=False)]
 
 
 def check_queue_name(name: object) -> str:
     """Return ``name`` if it is a valid queue name, else raise :class:`InvalidArgument`."""
     if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise InvalidArgument(
-            f"queue name {name!r} must be 1 to {defaults.MAX_NAME_LENGTH} characters of letters, digits, '-' and '_'",
+            f"queue name {shown(repr(name))} must be 1 to {defaults.MAX_NAME_LENGTH} characters "
+            "of letters, digits, '-' and '_'",
             name=name,
         )
     return name
@@ -44,7 +48,12 @@ class QueueConfig(BaseModel):
     min_partitions: int | None = Field(default=None, ge=1, le=defaults.MAX_PARTITIONS)
     max_partitions: int | None = Field(default=None, ge=1, le=defaults.MAX_PARTITIONS)
     #: Load one partition is meant to carry: sends per second, and messages stored.
-    target_send_rate: float = Field(default=defaults.TARGET_SEND_RATE, gt=0)
+    target_send_rate: float = Field(
+        default=defaults.TARGET_SEND_RATE,
+        ge=defaults.MIN_TARGET_SEND_RATE,
+        le=defaults.MAX_TARGET_SEND_RATE,
+        allow_inf_nan=False,
+    )
     target_backlog: int = Field(default=defaults.TARGET_BACKLOG, ge=1)
     #: History a scaling decision looks at, and the pause after each change.
     scaling_window_s: float = Field(default=defaults.SCALING_WINDOW_S, ge=1.0, le=3600.0)
@@ -61,7 +70,7 @@ class QueueConfig(BaseModel):
     #: types carry (cluster.yaml: ``rayqueue_partition``) makes Ray's autoscaler add
     #: nodes when partitions do not fit, and remove them when partitions retire.
     partition_num_cpus: float = Field(default=0.0, ge=0.0, le=64.0)
-    partition_resources: dict[str, float] = Field(default_factory=dict)
+    partition_resources: dict[str, ResourceQuantity] = Field(default_factory=dict)
     #: "dedicated": each partition (and replica) is an actor of its own. "shared": partitions
     #: live in a few host actors, for many small queues (thousands fit on one node).
     hosting: Literal["dedicated", "shared"] = "dedicated"
@@ -74,11 +83,37 @@ class QueueConfig(BaseModel):
     def _valid_name(cls, name: str) -> str:
         return check_queue_name(name)
 
+    @field_validator("partition_num_cpus")
+    @classmethod
+    def _cpus_as_ray_takes_them(cls, cpus: float) -> float:
+        return _ray_precision(cpus)
+
+    @field_validator("partition_resources")
+    @classmethod
+    def _resources_as_ray_takes_them(cls, resources: dict[str, float]) -> dict[str, float]:
+        # Checked here, not by Ray when the partition starts: by then the queue is in the
+        # catalog, and each start fails again.
+        for name, quantity in resources.items():
+            if not name:
+                raise ValueError("a resource name must not be empty")
+            if name in defaults.RESERVED_RESOURCES:
+                raise ValueError(
+                    f"{name!r} is one of Ray's own resources ({', '.join(sorted(defaults.RESERVED_RESOURCES))}), "
+                    "not a custom one; partition_num_cpus sets the CPUs a partition takes"
+                )
+            try:
+                _ray_precision(quantity)
+            except ValueError as error:
+                raise ValueError(f"{shown(repr(name))} ({quantity!r}) {error}") from None
+        return resources
+
     @model_validator(mode="before")
     @classmethod
     def _fixed_unless_told(cls, settings: Any) -> Any:
         if isinstance(settings, dict):
             partitions = settings.get("partitions", 1)
+            if type(partitions) is not int or not 1 <= partitions <= defaults.MAX_PARTITIONS:
+                return settings  # partitions' own error says it all; unset bounds add nothing
             for bound in ("min_partitions", "max_partitions"):
                 if settings.get(bound) is None:
                     settings = {**settings, bound: partitions}
@@ -101,6 +136,18 @@ class QueueConfig(BaseModel):
     def keyed_partitions(self) -> int:
         """Partitions that keys and message ids are spread over: those that never retire."""
         return self.min_partitions  # type: ignore[return-value]
+
+    @model_validator(mode="after")
+    def _a_share_for_every_partition(self) -> QueueConfig:
+        # Each partition holds its share of max_messages (partition_quota). A share of 0
+        # would refuse, with QueueFull, every send whose key or message id maps there,
+        # even with the queue empty.
+        if self.max_messages < self.max_partitions:  # type: ignore[operator]
+            raise ValueError(
+                f"max_messages ({self.max_messages}) must be at least max_partitions ({self.max_partitions}): "
+                "each partition holds a share of max_messages, and a share of 0 would refuse every send to it"
+            )
+        return self
 
     @model_validator(mode="after")
     def _replicas_for_durability(self) -> QueueConfig:
@@ -145,5 +192,14 @@ def describe_validation_error(error: pydantic.ValidationError) -> str:
         elif not item["loc"]:  # a rule across fields: its message names the values
             parts.append(message)
         else:
-            parts.append(f"{field} ({item.get('input')!r}): {message[0].lower()}{message[1:]}")
+            parts.append(f"{field} ({shown(repr(item.get('input')))}): {message[0].lower()}{message[1:]}")
     return "; ".join(parts)
+
+
+def _ray_precision(quantity: float) -> float:
+    """``quantity`` if Ray takes it as it is: a multiple of ``defaults.RESOURCE_UNIT``."""
+    units = quantity / defaults.RESOURCE_UNIT
+    # A float such as 0.3 is not an exact multiple; anything within a millionth of a unit is.
+    if not math.isclose(units, round(units), abs_tol=1e-6) or (quantity and not round(units)):
+        raise ValueError(f"must be a multiple of {defaults.RESOURCE_UNIT:g}, the finest fraction Ray takes")
+    return quantity

@@ -36,15 +36,17 @@ import ray.data
 from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
+from rayqueue import defaults
 from rayqueue.client.queue import Queue
 from rayqueue.errors import InvalidArgument, RayQueueError
 from rayqueue.message import Message
+from rayqueue.validation import check, count, number
 
 #: Messages per send_batch from write_dataset, and per block read by read_dataset.
 BATCH_SIZE = 1000
 #: A rayqueue call takes at most 10,000 messages and 64 MiB of bodies.
-MAX_CALL_MESSAGES = 10_000
-MAX_CALL_BYTES = 64 * 1024 * 1024
+MAX_CALL_MESSAGES = defaults.MAX_BATCH_MESSAGES
+MAX_CALL_BYTES = defaults.MAX_BATCH_BYTES
 #: Receive tasks that read_dataset runs in parallel.
 READERS = 2
 #: How long a reader waits for its first message before it gives up.
@@ -161,11 +163,14 @@ def read_dataset(
     back unless deleted before then with :func:`delete_batch`. Prefer
     :func:`consume_dataset`, which deletes each batch once its work succeeded.
     """
+    # All checked here: inside Ray Data's read tasks a bad value would surface only
+    # once the Dataset runs, wrapped in Ray Data's own error.
     _check_batch_size(batch_size)
-    if isinstance(max_messages, bool) or not isinstance(max_messages, int) or max_messages < 1:
-        raise InvalidArgument(f"max_messages ({max_messages!r}) must be a positive int")
-    if isinstance(readers, bool) or not isinstance(readers, int) or readers < 1:
-        raise InvalidArgument(f"readers ({readers!r}) must be a positive int")
+    check("max_messages", max_messages, count(1, defaults.MAX_READ_MESSAGES))
+    check("readers", readers, count(1, defaults.MAX_READ_MESSAGES))  # more readers than messages are not started
+    check("wait_s", wait_s, number(0.0, defaults.MAX_WAIT_S))
+    if visibility_timeout_s is not None:
+        check("visibility_timeout_s", visibility_timeout_s, number(0.0, defaults.MAX_VISIBILITY_TIMEOUT_S))
     source = QueueDatasource(queue, max_messages, wait_s, batch_size, readers, visibility_timeout_s)
     return ray.data.read_datasource(source, override_num_blocks=source.tasks)
 
@@ -347,5 +352,4 @@ def _receipts(batch: Any) -> list[str]:
 
 
 def _check_batch_size(batch_size: int) -> None:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= MAX_CALL_MESSAGES:
-        raise InvalidArgument(f"batch_size ({batch_size!r}) must be an int from 1 to {MAX_CALL_MESSAGES}")
+    check("batch_size", batch_size, count(1, MAX_CALL_MESSAGES))

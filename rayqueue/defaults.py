@@ -24,6 +24,19 @@ MAX_QUEUE_MESSAGES = 10_000_000_000
 MAX_MESSAGE_BYTES_LIMIT = 16 * 1024 * 1024
 #: Most partitions one queue may have.
 MAX_PARTITIONS = 256
+#: Sends per second one partition may be told to carry (target_send_rate): the scaling
+#: policy divides by it, so a tiny value overflows and an infinite one is no target.
+MIN_TARGET_SEND_RATE = 1e-3
+MAX_TARGET_SEND_RATE = 1e9
+#: Ray counts resources in ten-thousandths: it refuses a non-zero request below this
+#: (and rounds others), so partition_num_cpus and partition_resources are multiples of it.
+RESOURCE_UNIT = 0.0001
+#: Largest partition_resources quantity: Ray keeps quantities as 64-bit counts of
+#: RESOURCE_UNIT, and a value near that overflows in Ray after the queue is created.
+MAX_RESOURCE_QUANTITY = 1e12
+#: Resources that partition_resources may not name: Ray takes CPUs, GPUs and memory only
+#: through their own options (partition_num_cpus sets the CPUs), never as custom resources.
+RESERVED_RESOURCES = frozenset({"CPU", "GPU", "memory", "object_store_memory"})
 #: Message data a partition keeps in memory by default, and at least; a larger
 #: backlog stays on storage and is read back a segment at a time.
 PARTITION_MEMORY_BYTES = 256 * 1024 * 1024
@@ -50,6 +63,9 @@ MIN_RETENTION_S = 60.0
 MAX_RETENTION_S = 14 * 24 * 3600.0
 #: Longest long poll of one receive call (SQS allows 20 s).
 MAX_WAIT_S = 20.0
+#: Longest refresh interval of ``rayqueue top``: a live view wants seconds, and
+#: ``time.sleep`` refuses values past about 9e9 s with a raw OverflowError.
+MAX_TOP_INTERVAL_S = 3600.0
 
 #: Most messages in one send_batch, receive or delete_batch call.
 MAX_BATCH_MESSAGES = 10_000
@@ -62,6 +78,10 @@ MAX_ATTRIBUTE_VALUE_LENGTH = 4096
 #: Longest ordering key and explicit message id.
 MAX_KEY_LENGTH = 256
 MAX_MESSAGE_ID_LENGTH = 128
+#: Most messages one read_dataset may ask for: far past any queue's MAX_QUEUE_MESSAGES
+#: (messages that come back may be read again), and small enough that the readers'
+#: shares, worked out in floats, stay exact (below 2**53).
+MAX_READ_MESSAGES = 1_000_000_000_000
 
 #: How long an explicit message_id makes a repeated send a no-op (SQS: 5 minutes).
 DEDUP_WINDOW_S = 300.0

@@ -22,8 +22,8 @@ from types import TracebackType
 from typing import TYPE_CHECKING
 
 from rayqueue import defaults
-from rayqueue.errors import InvalidArgument
 from rayqueue.message import Message
+from rayqueue.validation import check, count, number
 
 if TYPE_CHECKING:
     from rayqueue.client.queue import Queue
@@ -39,12 +39,13 @@ class BufferedConsumer:
         flush_interval_s: float = 0.1,
         visibility_timeout_s: float | None = None,
     ) -> None:
-        for name, value in (("prefetch", prefetch), ("delete_batch", delete_batch)):
-            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= defaults.MAX_BATCH_MESSAGES:
-                raise InvalidArgument(f"{name} ({value!r}) must be an integer from 1 to {defaults.MAX_BATCH_MESSAGES}")
-        if not 0 <= flush_interval_s <= defaults.MAX_VISIBILITY_TIMEOUT_S:
-            limit = defaults.MAX_VISIBILITY_TIMEOUT_S
-            raise InvalidArgument(f"flush_interval_s ({flush_interval_s!r}) must be from 0 to {limit}")
+        # Checked here, not at the first receive or flush, where a bad value would
+        # surface far from the line that passed it.
+        check("prefetch", prefetch, count(1, defaults.MAX_BATCH_MESSAGES))
+        check("delete_batch", delete_batch, count(1, defaults.MAX_BATCH_MESSAGES))
+        check("flush_interval_s", flush_interval_s, number(0.0, defaults.MAX_VISIBILITY_TIMEOUT_S))
+        if visibility_timeout_s is not None:
+            check("visibility_timeout_s", visibility_timeout_s, number(0.0, defaults.MAX_VISIBILITY_TIMEOUT_S))
         self._queue = queue
         self._prefetch = prefetch
         self._delete_batch = delete_batch

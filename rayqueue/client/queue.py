@@ -10,7 +10,6 @@ partition failed. Each operation is written once as a plan (see
 from __future__ import annotations
 
 import itertools
-import math
 import random
 import time
 import zlib
@@ -44,6 +43,7 @@ from rayqueue.message import Message, PartitionStats, QueueStats, Receipt, decod
 from rayqueue.routes import Route
 from rayqueue.schemas import DELIVERY_SCHEMA
 from rayqueue.transport import drivers
+from rayqueue.validation import check, count, number
 
 
 class Queue:
@@ -276,10 +276,10 @@ class Queue:
         self, max_messages: int, wait_s: float, visibility_s: float | None
     ) -> Plan[list[tuple[int, pa.Table]]]:
         """Deliveries as ``(partition, delivery)`` pairs; the callers shape them."""
-        _check_range("max_messages", max_messages, 1, defaults.MAX_BATCH_MESSAGES, integer=True)
-        _check_range("wait_s", wait_s, 0.0, defaults.MAX_WAIT_S)
+        check("max_messages", max_messages, count(1, defaults.MAX_BATCH_MESSAGES))
+        check("wait_s", wait_s, number(0.0, defaults.MAX_WAIT_S))
         if visibility_s is not None:
-            _check_range("visibility_timeout_s", visibility_s, 0.0, defaults.MAX_VISIBILITY_TIMEOUT_S)
+            check("visibility_timeout_s", visibility_s, number(0.0, defaults.MAX_VISIBILITY_TIMEOUT_S))
         partitions = self._count
         if partitions == 1:
             (delivery,) = yield Calls([Call(0, "receive", (max_messages, wait_s, visibility_s), wait_s=wait_s)])
@@ -381,7 +381,7 @@ class Queue:
         yield Calls(calls)
 
     def _visibility_plan(self, receipt: str, timeout_s: float) -> Plan[None]:
-        _check_range("timeout_s", timeout_s, 0.0, defaults.MAX_VISIBILITY_TIMEOUT_S)
+        check("timeout_s", timeout_s, number(0.0, defaults.MAX_VISIBILITY_TIMEOUT_S))
         parts = self._decode(receipt)
         arguments = (parts.offset, parts.token, receipt, float(timeout_s))
         yield Calls([Call(parts.partition, "change_visibility", arguments)])
@@ -414,17 +414,6 @@ def _bulky(nbytes: int) -> bool:
     return nbytes >= defaults.BULKY_CALL_BYTES
 
 
-def _check_batch(count: int) -> None:
-    if count > defaults.MAX_BATCH_MESSAGES:
-        raise InvalidArgument(f"a batch ({count} messages) must hold at most {defaults.MAX_BATCH_MESSAGES} messages")
-
-
-def _check_range(name: str, value: object, low: float, high: float, *, integer: bool = False) -> None:
-    kinds = (int,) if integer else (int, float)
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, kinds)
-        or not (low <= value <= high)
-        or (isinstance(value, float) and math.isnan(value))
-    ):
-        raise InvalidArgument(f"{name} ({value!r}) must be a number from {low} to {high}")
+def _check_batch(messages: int) -> None:
+    if messages > defaults.MAX_BATCH_MESSAGES:
+        raise InvalidArgument(f"a batch ({messages} messages) must hold at most {defaults.MAX_BATCH_MESSAGES} messages")

@@ -62,7 +62,10 @@ def as_bytes(body: object, index: int) -> bytes:
     if isinstance(body, bytes):
         return body
     if isinstance(body, str):
-        return body.encode()
+        try:
+            return body.encode()
+        except UnicodeEncodeError as error:
+            raise InvalidArgument(f"message {index}: body {_not_utf8(body, error)}") from None
     if isinstance(body, (bytearray, memoryview)):
         return bytes(body)
     raise InvalidArgument(f"message {index}: body must be bytes or str, not {type(body).__name__}")
@@ -72,8 +75,21 @@ def check_text(what: str, value: object, limit: int, *, allow_empty: bool = Fals
     if not isinstance(value, str):
         raise InvalidArgument(f"{what} must be a str, not {type(value).__name__}")
     if len(value) > limit or (not value and not allow_empty):
-        raise InvalidArgument(f"{what} ({value[:40]!r}, {len(value)} chars) must be 1 to {limit} characters")
+        wanted = f"at most {limit}" if allow_empty else f"1 to {limit}"
+        raise InvalidArgument(f"{what} ({shown(repr(value))}, {len(value)} chars) must be {wanted} characters")
+    try:
+        value.encode()  # short (checked above): cheap, and Arrow would fail on it later with a raw error
+    except UnicodeEncodeError as error:
+        raise InvalidArgument(f"{what} {_not_utf8(value, error)}") from None
     return value
+
+
+def _not_utf8(text: str, error: UnicodeEncodeError) -> str:
+    """Why ``text`` cannot be sent: the end of an error message that quotes it."""
+    return (
+        f"({shown(repr(text))}) holds {text[error.start]!r} at {error.start}, a lone surrogate, "
+        "which UTF-8 cannot encode"
+    )
 
 
 def check_attributes(attributes: object) -> list[tuple[str, str]] | None:
@@ -171,16 +187,49 @@ def is_arrow(value: object) -> bool:
 def send_rows_from_arrow(config: QueueConfig, data: Any, ids: pa.Array) -> pa.Table:
     """Rows for one send from Arrow data, checked column-wise: a binary or string
     array of bodies, or a table with a ``body`` column and optional ``key`` (string)
-    and ``attributes`` (map of string to string) columns."""
+    and ``attributes`` (map of string to string) columns.
+
+    Keys and attributes meet the same limits as on ``send``; text that is not valid
+    UTF-8 is refused (stored, it would fail every receive that includes it). Errors
+    name the first offending row."""
     if isinstance(data, pa.RecordBatch):
         data = pa.Table.from_batches([data])
     table = data if isinstance(data, pa.Table) else pa.table({"body": data})
-    if "body" not in table.column_names:
+    body = _bodies(config, table)
+    n = table.num_rows
+    key = _keys(table)
+    attributes = _attributes(table)
+    columns = [
+        ids,
+        body,
+        key if key is not None else pa.nulls(n, pa.string()),
+        attributes if attributes is not None else pa.nulls(n, ATTRIBUTES_TYPE),
+    ]
+    return pa.Table.from_arrays(columns, schema=SEND_SCHEMA)
+
+
+ATTRIBUTES_TYPE = SEND_SCHEMA.field("attributes").type
+#: A map's entries as a list: Arrow's list kernels (lengths, flatten, parents) take no maps.
+_ENTRIES_TYPE = pa.list_(pa.struct([pa.field("key", pa.string(), nullable=False), pa.field("value", pa.string())]))
+#: What each text type is as bytes: a column that validates as bytes but not as text is
+#: well built, with text that is not UTF-8.
+_AS_BYTES = {
+    pa.string(): pa.binary(),
+    pa.large_string(): pa.large_binary(),
+    ATTRIBUTES_TYPE: pa.map_(pa.binary(), pa.binary()),
+}
+
+
+def _bodies(config: QueueConfig, table: pa.Table) -> pa.ChunkedArray:
+    column = _only_column(table, "body", _BINARY_TYPES)
+    if column is None:
         raise InvalidArgument(f"an Arrow table to send needs a 'body' column, not only {table.column_names}")
-    body = _column(table, "body", _BINARY_TYPES, pa.binary())
-    if body.null_count:
-        raise InvalidArgument(f"body {pc.index(pc.is_null(body), True).as_py()} is null; bodies are bytes or str")
-    sizes = pc.binary_length(body)
+    _check_built("body", column)
+    if column.null_count:
+        raise InvalidArgument(f"body {_first(pc.is_null(column))} is null; bodies are bytes or str")
+    # Sizes on the column as given, before any cast: a large_binary column past 2 GiB
+    # is refused here as too large, not by the cast with a raw ArrowInvalid.
+    sizes = pc.binary_length(column)
     largest = pc.max(sizes).as_py() or 0
     if largest > config.max_message_bytes:
         index = pc.index(sizes, largest).as_py()
@@ -188,30 +237,139 @@ def send_rows_from_arrow(config: QueueConfig, data: Any, ids: pa.Array) -> pa.Ta
     total = pc.sum(sizes).as_py() or 0
     if total > defaults.MAX_BATCH_BYTES:
         raise InvalidArgument(f"a batch ({total} bytes) must hold at most {defaults.MAX_BATCH_BYTES} bytes")
-    n = table.num_rows
-    attributes_type = SEND_SCHEMA.field("attributes").type
-    key = _column(table, "key", (pa.string(), pa.large_string()), pa.string()) if "key" in table.column_names else None
-    attributes = (
-        _column(table, "attributes", (attributes_type,), attributes_type)
-        if "attributes" in table.column_names
-        else None
-    )
-    columns = [
-        ids,
-        body,
-        key if key is not None else pa.nulls(n, pa.string()),
-        attributes if attributes is not None else pa.nulls(n, attributes_type),
-    ]
-    return pa.Table.from_arrays(columns, schema=SEND_SCHEMA)
+    start = 0
+    for chunk in column.chunks:
+        if not _well_formed("body", chunk):
+            index = start + _first_malformed(chunk)
+            raise InvalidArgument(f"body {index} is in a str column but is not valid UTF-8; send it as binary")
+        start += len(chunk)
+    return column.cast(pa.binary())
 
 
-def _column(table: pa.Table, name: str, accepted: tuple[pa.DataType, ...], target: pa.DataType) -> pa.ChunkedArray:
+def _keys(table: pa.Table) -> pa.Array | None:
+    column = _only_column(table, "key", (pa.string(), pa.large_string()))
+    if column is None:
+        return None
+    keys = column.combine_chunks()
+    _check_strings("key", keys, None, defaults.MAX_KEY_LENGTH, allow_empty=False, allow_null=True)
+    return keys.cast(pa.string())
+
+
+def _attributes(table: pa.Table) -> pa.Array | None:
+    column = _only_column(table, "attributes", (ATTRIBUTES_TYPE,))
+    if column is None:
+        return None
+    attributes = column.combine_chunks()
+    _well_formed("attributes", attributes)  # the kernels below must not run on a malformed map
+    entries = attributes.cast(_ENTRIES_TYPE)
+    counts = pc.list_value_length(entries)
+    too_many = _first(pc.greater(counts, defaults.MAX_ATTRIBUTES))
+    if too_many is not None:
+        raise InvalidArgument(
+            f"attributes of message {too_many} ({counts[too_many].as_py()}) "
+            f"must number at most {defaults.MAX_ATTRIBUTES}"
+        )
+    pairs = pc.list_flatten(entries)
+    rows = pc.list_parent_indices(entries).to_numpy()
+    limits = {
+        "name": ("key", defaults.MAX_ATTRIBUTE_KEY_LENGTH),
+        "value": ("value", defaults.MAX_ATTRIBUTE_VALUE_LENGTH),
+    }
+    for what, (field, limit) in limits.items():
+        strings = pc.struct_field(pairs, field)
+        _check_strings(f"attribute {what}", strings, rows, limit, allow_empty=what == "value", allow_null=False)
+    return attributes
+
+
+def _only_column(table: pa.Table, name: str, accepted: tuple[pa.DataType, ...]) -> pa.ChunkedArray | None:
+    """The table's column ``name`` (None if it has none), of one of the ``accepted`` types."""
+    copies = table.column_names.count(name)
+    if copies > 1:
+        raise InvalidArgument(f"the table has {copies} columns named {name!r}; a send takes one")
+    if not copies:
+        return None
     column = table.column(name)
     if column.type not in accepted:
         raise InvalidArgument(
             f"column {name!r} has type {column.type}; it must be one of {', '.join(map(str, accepted))}"
         )
-    return column.cast(target)
+    return column
+
+
+def _check_strings(
+    what: str, strings: pa.Array, rows: np.ndarray | None, limit: int, *, allow_empty: bool, allow_null: bool
+) -> None:
+    """Refuse text ``check_text`` would refuse on the single-message path, naming the
+    message: ``rows`` gives each string's message (None: the string's own index)."""
+    _check_utf8(what, strings, rows)
+    if not allow_null and strings.null_count:
+        raise InvalidArgument(f"{what} of message {_row(rows, _first(pc.is_null(strings)))} is null; it must be a str")
+    lengths = pc.utf8_length(strings)
+    bad = pc.greater(lengths, limit)
+    if not allow_empty:
+        bad = pc.or_(bad, pc.equal(lengths, 0))
+    index = _first(bad)
+    if index is not None:
+        value, length = strings[index].as_py(), lengths[index].as_py()
+        wanted = f"at most {limit}" if allow_empty else f"1 to {limit}"
+        raise InvalidArgument(
+            f"{what} of message {_row(rows, index)} ({shown(repr(value))}, {length} chars) must be {wanted} characters"
+        )
+
+
+def _check_utf8(what: str, strings: pa.Array, rows: np.ndarray | None) -> None:
+    if not _well_formed(what, strings):
+        raise InvalidArgument(f"{what} of message {_row(rows, _first_malformed(strings))} is not valid UTF-8")
+
+
+def _check_built(what: str, column: pa.ChunkedArray) -> None:
+    """Arrow's cheap validation (buffers as large as the offsets say), before any kernel
+    reads the column; the full one, which reads every value, comes after the limits."""
+    try:
+        column.validate()
+    except pa.ArrowInvalid as error:
+        raise InvalidArgument(f"the {what} column is malformed Arrow data: {shown(str(error))}") from None
+
+
+def _well_formed(what: str, array: pa.Array) -> bool:
+    """Whether ``array`` passes Arrow's full validation. One that fails as text but
+    passes as bytes is well built with text that is not UTF-8 (False); one that fails
+    either way is refused here, since Arrow's kernels must not run on it."""
+    try:
+        array.validate(full=True)
+        return True
+    except pa.ArrowInvalid:
+        pass
+    try:
+        array.cast(_AS_BYTES.get(array.type, array.type)).validate(full=True)
+    except pa.ArrowInvalid as error:
+        raise InvalidArgument(f"the {what} column is malformed Arrow data: {shown(str(error))}") from None
+    return False
+
+
+def _first_malformed(array: pa.Array) -> int:
+    """Index of the first value of ``array`` that fails full validation: halves the
+    range that holds it until one value is left (each step validates one slice)."""
+    low, high = 0, len(array)
+    while high - low > 1:
+        middle = (low + high) // 2
+        try:
+            array.slice(low, middle - low).validate(full=True)
+            low = middle
+        except pa.ArrowInvalid:
+            high = middle
+    return low
+
+
+def _first(mask: pa.Array | pa.ChunkedArray) -> int | None:
+    """Index of the first true value of a boolean column, or None."""
+    index: int = pc.index(mask, True).as_py()
+    return None if index < 0 else index
+
+
+def _row(rows: np.ndarray | None, index: int | None) -> int:
+    assert index is not None  # a caller asks only about a value it found
+    return index if rows is None else int(rows[index])
 
 
 def delivery_table(partition: int, delivery: pa.Table) -> pa.Table:

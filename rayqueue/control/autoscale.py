@@ -68,10 +68,15 @@ def decide(
     covered = bool(window) and history[0].at <= now - policy.window_s * 0.8
     if now - last_change < policy.cooldown_s or not covered:
         return current
-    needs = [partitions_needed(sample, policy) for sample in window]
+    # A NaN need (a sample without a usable rate) says nothing; an infinite one (a rate
+    # over a vanishing target) asks for all that is allowed. Neither may raise: the
+    # coordinator decides for every queue in one loop.
+    needs = [need for need in (partitions_needed(sample, policy) for sample in window) if not math.isnan(need)]
+    if not needs:
+        return current
     least = min(needs)
     if least > current:  # the whole window asked for more
-        return min(ceiling, math.ceil(least))
+        return ceiling if least >= ceiling else math.ceil(least)
     most = max(needs)
     if current > floor_ and most < (current - 1) * policy.shrink_below:
         return current - 1

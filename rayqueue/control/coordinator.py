@@ -689,24 +689,30 @@ class Coordinator:
         """Sample the load of every queue that may scale, and grow or shrink it as the
         policy says; finish retiring partitions that have drained."""
         for name in sorted(self._in_use):
-            record = self._queues.get(name)
-            if record is None or not record.config.scales:
-                continue
-            state = self._scaling.setdefault(name, Scaling())
-            stats = self._launcher.partition_stats([p.leader for p in record.placements])
-            if any(s is None for s in stats):
-                continue  # a partition is failing over: decide later
-            state.observe(now, stats)
-            self._remove_drained(name, stats, now, state)
-            record = self._queues[name]
-            active = len(record.placements) - len(record.retiring)
-            wanted = decide(state.history, active, policy_of(record.config), now, state.last_change)
-            if wanted > active:
-                self._grow(name, wanted)
-            elif wanted < active:
-                self._retire(name, now)
-            if wanted != active:
-                state.last_change = now
+            try:
+                self._autoscale_queue(name, now)
+            except Exception:  # one queue's failure must not stop scaling for the queues after it
+                log.exception("autoscaling queue %r failed; will try again", name)
+
+    def _autoscale_queue(self, name: str, now: float) -> None:
+        record = self._queues.get(name)
+        if record is None or not record.config.scales:
+            return
+        state = self._scaling.setdefault(name, Scaling())
+        stats = self._launcher.partition_stats([p.leader for p in record.placements])
+        if any(s is None for s in stats):
+            return  # a partition is failing over: decide later
+        state.observe(now, stats)
+        self._remove_drained(name, stats, now, state)
+        record = self._queues[name]
+        active = len(record.placements) - len(record.retiring)
+        wanted = decide(state.history, active, policy_of(record.config), now, state.last_change)
+        if wanted > active:
+            self._grow(name, wanted)
+        elif wanted < active:
+            self._retire(name, now)
+        if wanted != active:
+            state.last_change = now
 
     def _grow(self, name: str, wanted: int) -> None:
         """Take back retiring partitions first (highest first), then add new ones."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 import ray
-from ray.core.generated.gcs_pb2 import ActorTableData
+from ray.core.generated.gcs_pb2 import ActorTableData  # type: ignore[attr-defined]  # generated protobuf
 
 #: The states in which an actor must not be called (a handle that came from elsewhere
 #: may show an earlier state for a while: only these count).

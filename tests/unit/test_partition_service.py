@@ -19,6 +19,7 @@ import pytest
 from rayqueue.client.rows import IdSource, send_rows
 from rayqueue.config import QueueConfig
 from rayqueue.errors import (
+    InvalidArgument,
     InvalidReceipt,
     MessageTooLarge,
     PartitionFenced,
@@ -681,5 +682,62 @@ def test_a_write_that_finds_a_newer_claim_fences_the_leader(storage_url, config,
         with pytest.raises(PartitionFenced):
             await old.send(rows(config, [b"late"]), dedup=False)
         assert old.fenced
+
+    asyncio.run(main())
+
+
+# ------------------------------------------------------ malformed batches
+
+
+def with_column(table: pa.Table, name: str, column: pa.Array) -> pa.Table:
+    return table.set_column(table.schema.get_field_index(name), name, column)
+
+
+MALFORMED = {
+    # Another schema: concatenated with good rows in one flush, it fails the whole flush.
+    "key as large_string": lambda good: with_column(good, "key", pa.array(["k"], pa.large_string())),
+    "an extra column": lambda good: good.append_column("extra", pa.array([1])),
+    "a null id": lambda good: pa.Table.from_arrays(
+        [pa.array([None], pa.string()), *good.columns[1:]], schema=good.schema
+    ),
+    # The send schema, with a key that is not UTF-8: stored, it fails every receive of it.
+    "a key that is not UTF-8": lambda good: with_column(
+        good, "key", pa.array([b"\xff\xfe"], pa.binary()).view(pa.string())
+    ),
+}
+
+
+@pytest.mark.parametrize("malformed", MALFORMED.values(), ids=MALFORMED.keys())
+def test_a_malformed_batch_is_refused_and_good_ones_of_the_same_group_commit_are_stored(
+    storage_url, config, clock, malformed
+):
+    store = open_store(storage_url, config)
+    bad = malformed(rows(config, [b"bad"]))
+
+    async def main() -> None:
+        service = start_service(config, store, clock)
+        outcomes = await asyncio.gather(
+            service.send(rows(config, [b"first"]), dedup=False),
+            service.send(bad, dedup=False),
+            service.send(rows(config, [b"second"]), dedup=False),
+            return_exceptions=True,
+        )
+        assert outcomes[0] is None and outcomes[2] is None  # acknowledged
+        assert isinstance(outcomes[1], InvalidArgument)
+        delivery = await service.receive(10, 0.0, None)  # no UnicodeDecodeError from a stored bad key
+        assert sorted(bodies_of(delivery)) == [b"first", b"second"]
+
+    asyncio.run(main())
+    assert sorted(stored_bodies(storage_url, config)) == [b"first", b"second"]
+    assert len(segment_objects(storage_url, config)) == 1  # one group commit: the bad batch would have joined it
+
+
+def test_a_malformed_batch_error_says_what_is_wrong(storage_url, config, clock):
+    bad = rows(config, [b"x"]).append_column("extra", pa.array([1]))
+
+    async def main() -> None:
+        service = start_service(config, open_store(storage_url, config), clock)
+        with pytest.raises(InvalidArgument, match="send schema: an extra column 'extra'"):
+            await service.send(bad, dedup=False)
 
     asyncio.run(main())
