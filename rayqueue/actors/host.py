@@ -28,7 +28,7 @@ class PartitionHost:
     def add(self, name: str, *args: Any) -> None:
         """Start hosting partition ``name`` (``args`` as for PartitionActor), unless it is here."""
         if name not in self._hosted:
-            hosted = PartitionActor(*args, name=name)
+            hosted = PartitionActor(*args, name=name)  # type: ignore[misc]  # args stop before name
             # Fenced: it leaves this host (the coordinator sees it gone and fails it over);
             # the other partitions here go on.
             hosted.stop_when_fenced = lambda: self.remove(name)
@@ -50,8 +50,9 @@ class PartitionHost:
         result = getattr(hosted, method)(*args)
         return await result if inspect.isawaitable(result) else result
 
-    async def wire_endpoint(self) -> Endpoint:
-        """One direct-channel server for every partition hosted here; calls name theirs."""
+    async def wire_endpoint(self) -> Endpoint | None:
+        """One direct-channel server for every partition hosted here; calls name theirs
+        (None: no channel, call through Ray)."""
         self._wire, endpoint = await serve_wire(self._wire, self._dispatch)
         return endpoint
 

@@ -909,6 +909,14 @@ def test_a_server_that_cannot_load_rays_certificates_serves_nothing(ray_tls, mon
     with pytest.raises(TlsUnavailable, match="node.key"):
         asyncio.run(start())
 
+    import ray
+
+    from rayqueue.actors.partition_actor import serve_wire
+
+    monkeypatch.setattr(ray.util, "get_node_ip_address", lambda: "127.0.0.1")
+    server, endpoint = asyncio.run(serve_wire(None, dispatch))
+    assert endpoint is None and server.endpoint is None  # handles call this actor through Ray
+
 
 @pytest.mark.parametrize("side", ["server", "client"])
 def test_tls_peers_must_show_a_certificate_from_rays_ca(tls_running, ray_tls, monkeypatch, side):
