@@ -24,6 +24,10 @@ _EXPORTS = {
     "Queue": "rayqueue.client.queue",
     "connect": "rayqueue.client.connection",
     "QueueConfig": "rayqueue.config",
+    "BadFrame": "rayqueue.errors",
+    "ForbiddenType": "rayqueue.errors",
+    "FrameTooLarge": "rayqueue.errors",
+    "IncompatiblePeer": "rayqueue.errors",
     "CatalogContention": "rayqueue.errors",
     "CoordinatorUnavailable": "rayqueue.errors",
     "PartitionFenced": "rayqueue.errors",
@@ -53,8 +57,12 @@ if TYPE_CHECKING:
     from rayqueue.client.queue import Queue as Queue
     from rayqueue.config import QueueConfig as QueueConfig
     from rayqueue.errors import (
+        BadFrame as BadFrame,
         CatalogContention as CatalogContention,
         CoordinatorUnavailable as CoordinatorUnavailable,
+        ForbiddenType as ForbiddenType,
+        FrameTooLarge as FrameTooLarge,
+        IncompatiblePeer as IncompatiblePeer,
         InvalidArgument as InvalidArgument,
         InvalidReceipt as InvalidReceipt,
         MessageTooLarge as MessageTooLarge,

@@ -168,3 +168,32 @@ RAY_CONNECT_TIMEOUT_S = 3.0
 RAY_AUTH_MODE = "token"
 #: How long the storage check before a coordinator starts retries errors that may pass.
 STORAGE_CHECK_S = 3.0
+
+# ------------------------------------------------------------ the direct channel
+# (rayqueue.transport.wire: the socket that carries data calls beside Ray)
+
+#: The channel's protocol, in every hello and frame header. Bump it on any change to
+#: the handshake, the header or what the frames may carry: detached partitions outlive
+#: drivers, so two versions of rayqueue meet, and must fail with a named error.
+WIRE_PROTOCOL_VERSION = 2
+#: Seconds a new connection has to complete TLS and the hello before the server
+#: drops it: an honest client needs one round trip, and a short bound frees a
+#: slot taken by a silent or hostile peer.
+HELLO_TIMEOUT_S = 2.0
+#: Seconds a client gives connect, TLS and the hello together: a firewall that drops
+#: packets must fail within seconds, so the call falls back to Ray instead of
+#: waiting for the call's own timeout (a minute or more).
+CONNECT_TIMEOUT_S = 3.0
+#: Connections a server holds that have not authenticated yet; more are closed at once,
+#: so a flood cannot use up the partition's file descriptors (storage needs them too).
+MAX_UNAUTHENTICATED_CONNECTIONS = 256
+#: Most bytes one frame may carry (pickle and out-of-band buffers together). A reply that
+#: is a slice of a segment pickles the segment's whole buffers, so honest frames reach
+#: hundreds of megabytes; a larger header is corrupt or hostile, and refused before
+#: anything is allocated for it.
+MAX_FRAME_BYTES = 1024 * 1024 * 1024
+#: Most out-of-band buffers in one frame (a table sends a few per column and chunk;
+#: a receive that spans a hundred segments sends a few thousand).
+MAX_FRAME_BUFFERS = 16 * 1024
+#: Seconds of silence before a client probes whether the server's host is still there.
+KEEPALIVE_IDLE_S = 2

@@ -257,9 +257,59 @@ class RayUnavailable(RayQueueError):
     """Ray itself cannot be reached or joined (no cluster at the address given)."""
 
 
+class IncompatiblePeer(RayQueueError):
+    """The other end of the direct channel speaks another protocol version: another
+    version of rayqueue runs there. Retrying cannot help; run one version everywhere."""
+
+    def __init__(self, peer: str, local_version: int, peer_version: int) -> None:
+        super().__init__(
+            f"the rayqueue channel at {peer} speaks protocol {peer_version}, this process speaks "
+            f"{local_version}: run the same rayqueue version on every node (restart the older processes)",
+            peer=peer,
+            local_version=local_version,
+            peer_version=peer_version,
+        )
+
+
+class BadFrame(RayQueueError):
+    """A frame on the direct channel was malformed or could not be read; the call failed."""
+
+    def __init__(self, peer: str, reason: str, **fields: Any) -> None:
+        super().__init__(f"bad frame on the channel with {peer}: {reason}", peer=peer, reason=reason, **fields)
+
+
+class ForbiddenType(BadFrame):
+    """A frame named a type the direct channel does not carry; it was refused, not built."""
+
+    def __init__(self, peer: str, module: str, name: str) -> None:
+        super().__init__(
+            peer, f"it holds {module}.{name}, which the channel does not carry (refused)", module=module, name=name
+        )
+
+
+class FrameTooLarge(BadFrame):
+    """A frame is larger than the channel's limits allow. Refused before anything was
+    allocated for it (received) or sent (to be sent)."""
+
+    def __init__(self, peer: str, what: str, size: int, limit: int) -> None:
+        super().__init__(peer, f"{what} is {size}, over the limit of {limit}", what=what, size=size, limit=limit)
+
+
+class TlsUnavailable(RayQueueError):
+    """Ray runs with TLS (``RAY_USE_TLS``) but the direct channel could not load Ray's
+    certificates; the channel stays closed and calls go through Ray."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"Ray uses TLS, but the direct channel cannot: {reason}", reason=reason)
+
+
 __all__ = [
+    "BadFrame",
     "CatalogContention",
     "CoordinatorUnavailable",
+    "ForbiddenType",
+    "FrameTooLarge",
+    "IncompatiblePeer",
     "InvalidArgument",
     "InvalidReceipt",
     "MessageTooLarge",
@@ -275,5 +325,6 @@ __all__ = [
     "StorageCorrupt",
     "StorageMismatch",
     "StorageUnavailable",
+    "TlsUnavailable",
     "UnknownCall",
 ]

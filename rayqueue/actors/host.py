@@ -51,8 +51,9 @@ class PartitionHost:
         result = getattr(hosted, method)(*args)
         return await result if inspect.isawaitable(result) else result
 
-    async def wire_endpoint(self) -> Endpoint:
-        """One direct-channel server for every partition hosted here; calls name theirs."""
+    async def wire_endpoint(self) -> Endpoint | None:
+        """One direct-channel server for every partition hosted here; calls name theirs
+        (None: no channel, call through Ray)."""
         self._wire, endpoint = await serve_wire(self._wire, self._dispatch)
         return endpoint
 

@@ -25,7 +25,7 @@ from rayqueue import defaults
 from rayqueue.actors.ray_metrics import RayPartitionMetrics
 from rayqueue.actors.ray_replicator import RayReplicaLink
 from rayqueue.config import QueueConfig
-from rayqueue.errors import PartitionFenced, PartitionUnavailable, UnknownCall
+from rayqueue.errors import PartitionFenced, PartitionUnavailable, TlsUnavailable, UnknownCall
 from rayqueue.message import PartitionStats
 from rayqueue.partition.replication import ReplicaSet, ReplicaState
 from rayqueue.partition.service import PartitionService
@@ -66,10 +66,15 @@ class ParkedReplies:
         return kept[0] if kept is not None else None
 
 
-async def serve_wire(server: Server | None, dispatch: Any) -> tuple[Server, Endpoint]:
-    """This process's direct-channel server (started on first use) and its endpoint."""
+async def serve_wire(server: Server | None, dispatch: Any) -> tuple[Server, Endpoint | None]:
+    """This process's direct-channel server (started on first use) and its endpoint, or
+    no endpoint if Ray uses TLS and the channel cannot: then handles call through Ray."""
     server = server or Server(dispatch)
-    return server, await server.start(ray.util.get_node_ip_address())
+    try:
+        return server, await server.start(ray.util.get_node_ip_address())
+    except TlsUnavailable as error:
+        log.warning("no direct channel, calls go through Ray: %s", error)
+        return server, None
 
 
 class PartitionActor:
@@ -166,8 +171,9 @@ class PartitionActor:
     def in_sync_replicas(self) -> list[str]:
         return self._replicas.names() if self._service is not None else []
 
-    async def wire_endpoint(self) -> Endpoint:
-        """Where handles make data calls without Ray's per-call cost (see rayqueue.transport.wire)."""
+    async def wire_endpoint(self) -> Endpoint | None:
+        """Where handles make data calls without Ray's per-call cost (see rayqueue.transport.wire);
+        None: this actor serves no channel, call it through Ray."""
         self._wire, endpoint = await serve_wire(self._wire, self.dispatch)
         return endpoint
 

@@ -12,7 +12,9 @@ store moves large buffers faster than a socket read by asyncio does.
 Where the socket cannot be reached although Ray says the actor lives (a
 firewall that lets only Ray's ports through, a driver outside the cluster's
 network), calls to that actor go through Ray for a while instead: slower, never
-broken. ``RAYQUEUE_CHANNEL=ray`` sends every call through Ray.
+broken. An actor that serves no channel (its endpoint is None: Ray uses TLS and
+the channel could not) is always called through Ray. ``RAYQUEUE_CHANNEL=ray``
+sends every call through Ray.
 """
 
 from __future__ import annotations
@@ -38,7 +40,8 @@ _GONE = (3, 4)
 #: After an unreachable socket, an actor's calls go through Ray this long, then the socket is tried again.
 RAY_FALLBACK_S = 60.0
 
-_endpoints: dict[Any, Endpoint] = {}
+#: Each actor's endpoint, once asked; None when the actor serves no channel.
+_endpoints: dict[Any, Endpoint | None] = {}
 _through_ray_until: dict[Any, float] = {}
 _pool = Pool()
 _async_pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncPool] = weakref.WeakKeyDictionary()
@@ -111,10 +114,13 @@ class Pending:
         if bulky or _through_ray(self._actor):
             self._ref = getattr(handle, method).remote(*args)
             return
-        self._endpoint = _endpoints.get(self._actor._actor_id)
-        if self._endpoint is None:
-            self._endpoint = ray.get(self._actor.wire_endpoint.remote(), timeout=timeout_s)
-            _endpoints[self._actor._actor_id] = self._endpoint
+        if self._actor._actor_id not in _endpoints:
+            _endpoints[self._actor._actor_id] = ray.get(self._actor.wire_endpoint.remote(), timeout=timeout_s)
+        endpoint = _endpoints.get(self._actor._actor_id)
+        if endpoint is None:  # no channel (or forgotten meanwhile): through Ray
+            self._ref = getattr(handle, method).remote(*args)
+            return
+        self._endpoint = endpoint
         try:
             self._connection: Connection = _pool.take(self._endpoint, timeout_s)
         except ChannelBroken as error:
@@ -152,15 +158,19 @@ class Pending:
         return value
 
 
+async def _endpoint_async(actor: Any) -> Endpoint | None:
+    """The actor's endpoint (asked through Ray the first time); None: it serves no channel."""
+    if actor._actor_id not in _endpoints:
+        _endpoints[actor._actor_id] = await actor.wire_endpoint.remote()
+    return _endpoints.get(actor._actor_id)
+
+
 async def call_async(handle: Any, method: str, args: tuple[Any, ...], bulky: bool = False) -> Any:
     """One call from an event loop; the caller bounds its time."""
     actor, name = _address(handle)
     _check_alive(actor)
-    if not (bulky or _through_ray(actor)):
-        endpoint = _endpoints.get(actor._actor_id)
-        if endpoint is None:
-            endpoint = await actor.wire_endpoint.remote()
-            _endpoints[actor._actor_id] = endpoint
+    endpoint = None if bulky or _through_ray(actor) else await _endpoint_async(actor)
+    if endpoint is not None:
         loop = asyncio.get_running_loop()
         pool = _async_pools.get(loop)
         if pool is None:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from dataclasses import replace
 
 import ray
 
 from rayqueue.transport import direct as channel
-from rayqueue.transport.wire import Endpoint
 
 
 def round_trip(queue) -> list[bytes]:
@@ -35,7 +35,7 @@ def test_an_unreachable_socket_falls_back_to_ray(queue):
     actor = queue._target.route.partitions[0]
     real = ray.get(actor.wire_endpoint.remote())
     # As behind a firewall that lets only Ray's own ports through: the actor lives, its port is out of reach.
-    channel._endpoints[actor._actor_id] = Endpoint(real.host, closed_port(), real.token)
+    channel._endpoints[actor._actor_id] = replace(real, port=closed_port())
     try:
         assert round_trip(queue) == [b"a", b"b", b"c"]
         assert channel._through_ray(actor)
