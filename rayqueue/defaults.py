@@ -143,6 +143,10 @@ HEALTH_CHECK_INTERVAL_S = 1.0
 #: instead of the direct channel: Ray's object store moves large buffers faster (a 64 MiB
 #: batch took 83 ms over the socket; ``jobs/bench.py`` at 64 KiB shows the difference).
 BULKY_CALL_BYTES = 8 * 1024 * 1024
+#: After a partition's socket could not be reached although Ray says the actor lives (a
+#: firewall that opens only Ray's ports), its calls go through Ray this long, then the
+#: socket is tried again.
+RAY_FALLBACK_S = 60.0
 #: How long a leader waits for a replica to take a batch before dropping it from the in-sync set.
 REPLICA_TIMEOUT_S = 5.0
 #: With durability "replicas", how many writes may wait to be stored while their

@@ -10,7 +10,7 @@ import pyarrow as pa
 import ray
 
 from rayqueue import defaults
-from rayqueue.transport import direct as channel
+from rayqueue.transport.direct import TRANSPORT, is_bulky
 from rayqueue.transport.drivers import call_coordinator_async
 
 
@@ -39,8 +39,8 @@ class RayReplicaLink:
 
     async def hold(self, replica: str, method: str, args: tuple[Any, ...]) -> None:
         handle = self._handles[replica]
-        bulky = any(isinstance(arg, pa.RecordBatch) and arg.nbytes >= defaults.BULKY_CALL_BYTES for arg in args)
-        await channel.call_async(handle, method, args, bulky=bulky)
+        nbytes = sum(arg.nbytes for arg in args if isinstance(arg, pa.RecordBatch))
+        await TRANSPORT.call(handle, method, args, bulky=is_bulky(nbytes))
 
     def release(self, replica: str, epoch: int, offset_floor: int, seq_floor: int) -> None:
         handle = self._handles.get(replica)

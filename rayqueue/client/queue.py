@@ -43,6 +43,7 @@ from rayqueue.message import Message, PartitionStats, QueueStats, Receipt, decod
 from rayqueue.routes import Route
 from rayqueue.schemas import DELIVERY_SCHEMA
 from rayqueue.transport import drivers
+from rayqueue.transport.direct import is_bulky
 from rayqueue.validation import check, count, number
 
 
@@ -237,7 +238,7 @@ class Queue:
         # rows without one go to the next partition in turn.
         where = self._partitions_of(keys)
         parts = {int(p): rows.filter(pa.array(where == p)) for p in np.unique(where)}
-        yield Calls([Call(p, "send", (part, False), bulky=_bulky(part.nbytes)) for p, part in parts.items()])
+        yield Calls([Call(p, "send", (part, False), bulky=is_bulky(part.nbytes)) for p, part in parts.items()])
         return ids
 
     def _partitions_of(self, keys: pa.ChunkedArray) -> np.ndarray:
@@ -263,7 +264,7 @@ class Queue:
         for partition in order:
             try:
                 yield Calls(
-                    [Call(partition, "send", (rows, dedup), retry_args=(rows, True), bulky=_bulky(rows.nbytes))]
+                    [Call(partition, "send", (rows, dedup), retry_args=(rows, True), bulky=is_bulky(rows.nbytes))]
                 )
                 return
             except QueueFull as full:
@@ -408,10 +409,6 @@ class Queue:
         if parts.partition >= self._count:
             raise InvalidReceipt(receipt, f"queue {self.name!r} has no partition {parts.partition}")
         return parts
-
-
-def _bulky(nbytes: int) -> bool:
-    return nbytes >= defaults.BULKY_CALL_BYTES
 
 
 def _check_batch(messages: int) -> None:

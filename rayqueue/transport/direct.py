@@ -1,20 +1,27 @@
-"""Partition calls over the direct channel (``rayqueue.transport.wire``), or through Ray.
+"""Data calls to partition actors, behind one seam: over each actor's socket, or through Ray.
 
 A route names each partition by its Ray actor handle (or, for a partition in a
-shared host, by the host's handle and the partition's name). The first call to
-an actor asks it, through Ray, for its channel endpoint; later calls go
-straight to the socket. An endpoint that fails is forgotten, so the retry asks
-Ray again, which also waits out an actor that Ray is restarting (on a new port).
+shared host, by the host's handle and the partition's name). ``DirectTransport``
+asks an actor once, through Ray, for its channel endpoint; later calls go
+straight to the socket (``rayqueue.transport.wire``). An endpoint that fails is
+forgotten, so the retry asks Ray again, which also waits out an actor that Ray is
+restarting (on a new port).
 
-Bulky calls (tens of megabytes of Arrow data either way) go through Ray: its object
-store moves large buffers faster than a socket read by asyncio does.
+``RayTransport`` makes the same calls as Ray actor calls. ``DirectTransport.through_ray``
+is the one place that chooses it:
 
-Where the socket cannot be reached although Ray says the actor lives (a
-firewall that lets only Ray's ports through, a driver outside the cluster's
-network), calls to that actor go through Ray for a while instead: slower, never
-broken. An actor that serves no channel (its endpoint is None: Ray uses TLS and
-the channel could not) is always called through Ray. ``RAYQUEUE_CHANNEL=ray``
-sends every call through Ray.
+- a bulky call (``is_bulky``: tens of megabytes of Arrow data either way): Ray's
+  object store moves large buffers faster than a socket read by asyncio does;
+- an actor that serves no channel (its endpoint is None: Ray uses TLS and the
+  channel could not);
+- an actor whose socket cannot be reached although Ray says it lives (a firewall
+  that lets only Ray's ports through, a driver outside the cluster's network):
+  through Ray for ``RAY_FALLBACK_S``, then the socket is tried again;
+- every call, with ``RAYQUEUE_CHANNEL=ray`` (read when the transport is made).
+
+A reply too large for the socket is parked by the partition and fetched through Ray.
+Each process has one ``TRANSPORT`` (reset in a forked child, which must not speak
+on its parent's connections); tests make their own.
 """
 
 from __future__ import annotations
@@ -24,27 +31,28 @@ import logging
 import os
 import time
 import weakref
-from typing import Any
+from typing import Any, Protocol
 
 import ray
 from ray.exceptions import RayTaskError
 
+from rayqueue import defaults
 from rayqueue.actors.hosted import HostedPartition
+from rayqueue.transport import liveness
 from rayqueue.transport.wire import AsyncPool, ChannelBroken, Connection, Endpoint, Parked, Pool
 
 log = logging.getLogger(__name__)
 
-#: ``ActorTableData.ActorState`` RESTARTING and DEAD in Ray's GCS protocol. (A handle
-#: that came from elsewhere may show an early state for a while: only these count.)
-_GONE = (3, 4)
-#: After an unreachable socket, an actor's calls go through Ray this long, then the socket is tried again.
-RAY_FALLBACK_S = 60.0
 
-#: Each actor's endpoint, once asked; None when the actor serves no channel.
-_endpoints: dict[Any, Endpoint | None] = {}
-_through_ray_until: dict[Any, float] = {}
-_pool = Pool()
-_async_pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncPool] = weakref.WeakKeyDictionary()
+def is_bulky(nbytes: int) -> bool:
+    """Whether a call carrying ``nbytes`` (either way) goes through Ray rather than a socket."""
+    return nbytes >= defaults.BULKY_CALL_BYTES
+
+
+def unwrap(error: BaseException) -> BaseException:
+    """The exception the actor raised, as it raised it."""
+    cause = getattr(error, "cause", None)
+    return cause if isinstance(cause, BaseException) else error
 
 
 def _address(handle: Any) -> tuple[Any, str]:
@@ -54,137 +62,187 @@ def _address(handle: Any) -> tuple[Any, str]:
     return handle, ""
 
 
-def _alive(actor: Any) -> bool:
-    """Ray's own view of the actor, which its notifications keep current and which
-    costs nothing to read. A process Ray declared dead may linger (or, on a lost node,
-    live on, unreachable to Ray but not to us): calls must stop going there."""
-    try:
-        state = ray._private.worker.global_worker.core_worker.get_local_actor_state(actor._actor_id)  # type: ignore[attr-defined]
-    except Exception:  # no such view in this Ray version: rely on the connection alone
-        return True
-    return state not in _GONE
+class Pending(Protocol):
+    """A blocking call that was sent; ``result`` waits for its reply and raises what the
+    partition raised, ``ChannelBroken`` (the call may or may not have run), or Ray's errors."""
+
+    def result(self, timeout_s: float) -> Any: ...
 
 
-def _through_ray(actor: Any) -> bool:
-    if os.environ.get("RAYQUEUE_CHANNEL") == "ray":
-        return True
-    return _through_ray_until.get(actor._actor_id, 0.0) > time.monotonic()
-
-
-def _unreachable(actor: Any, endpoint: Endpoint, error: ChannelBroken) -> bool:
-    """After a failed connect: whether to go through Ray (the actor lives, its port is
-    out of reach) rather than retry (the actor is gone)."""
-    if not _alive(actor):
-        return False
-    log.warning(
-        "cannot reach %s:%d (%s); calls go through Ray for %.0f s", endpoint.host, endpoint.port, error, RAY_FALLBACK_S
-    )
-    _through_ray_until[actor._actor_id] = time.monotonic() + RAY_FALLBACK_S
-    return True
-
-
-def _forget(actor: Any, endpoint: Endpoint | None) -> None:
-    _endpoints.pop(actor._actor_id, None)
-    if endpoint is not None:
-        _pool.forget(endpoint)
-        for pool in list(_async_pools.values()):
-            pool.forget(endpoint)
-
-
-def _check_alive(actor: Any) -> None:
-    if not _alive(actor):
-        _forget(actor, _endpoints.get(actor._actor_id))
-        raise ChannelBroken(f"Ray reports actor {actor._actor_id.hex()} is not alive")
-
-
-def unwrap(error: BaseException) -> BaseException:
-    """The exception the actor raised, as it raised it."""
-    cause = getattr(error, "cause", None)
-    return cause if isinstance(cause, BaseException) else error
-
-
-class Pending:
-    """A blocking call that was sent; ``result`` waits for its reply."""
-
-    def __init__(self, handle: Any, method: str, args: tuple[Any, ...], timeout_s: float, bulky: bool = False) -> None:
-        self._handle = handle
-        self._actor, name = _address(handle)
-        _check_alive(self._actor)
-        self._ref: ray.ObjectRef[Any] | None = None
-        if bulky or _through_ray(self._actor):
-            self._ref = getattr(handle, method).remote(*args)
-            return
-        if self._actor._actor_id not in _endpoints:
-            _endpoints[self._actor._actor_id] = ray.get(self._actor.wire_endpoint.remote(), timeout=timeout_s)
-        endpoint = _endpoints.get(self._actor._actor_id)
-        if endpoint is None:  # no channel (or forgotten meanwhile): through Ray
-            self._ref = getattr(handle, method).remote(*args)
-            return
-        self._endpoint = endpoint
-        try:
-            self._connection: Connection = _pool.take(self._endpoint, timeout_s)
-        except ChannelBroken as error:
-            _forget(self._actor, self._endpoint)
-            if not _unreachable(self._actor, self._endpoint, error):
-                raise
-            self._ref = getattr(handle, method).remote(*args)
-            return
-        try:
-            self._connection.request(name, method, args)
-        except ChannelBroken:
-            _forget(self._actor, self._endpoint)
-            raise
+class _ThroughRay:
+    def __init__(self, ref: ray.ObjectRef[Any]) -> None:
+        self._ref = ref
 
     def result(self, timeout_s: float) -> Any:
-        """The call's result; raises what the partition raised, or ``ChannelBroken``
-        (or Ray's errors, when the call went through Ray)."""
-        if self._ref is not None:
-            try:
-                return ray.get(self._ref, timeout=timeout_s)
-            except RayTaskError as error:
-                raise unwrap(error) from None
+        try:
+            return ray.get(self._ref, timeout=timeout_s)
+        except RayTaskError as error:
+            raise unwrap(error) from None
+
+
+class RayTransport:
+    """Partition calls as Ray actor calls."""
+
+    def start(self, handle: Any, method: str, args: tuple[Any, ...]) -> Pending:
+        return _ThroughRay(getattr(handle, method).remote(*args))
+
+    async def call(self, handle: Any, method: str, args: tuple[Any, ...]) -> Any:
+        try:
+            return await getattr(handle, method).remote(*args)
+        except RayTaskError as error:
+            raise unwrap(error) from None
+
+
+class _OverSocket:
+    def __init__(self, transport: DirectTransport, handle: Any, endpoint: Endpoint, connection: Connection) -> None:
+        self._transport = transport
+        self._handle = handle
+        self._endpoint = endpoint
+        self._connection = connection
+
+    def result(self, timeout_s: float) -> Any:
         try:
             value = self._connection.reply(timeout_s)
         except ChannelBroken:
-            _forget(self._actor, self._endpoint)
+            self._transport.forget(_address(self._handle)[0], self._endpoint)
             raise
-        except BaseException:
-            _pool.give_back(self._connection)  # the reply was read: the connection is in step
-            raise
-        _pool.give_back(self._connection)
-        if isinstance(value, Parked):
-            self._ref = self._handle.take_parked.remote(value.token)
-            return self.result(timeout_s)
+        finally:
+            self._transport.give_back(self._connection)  # kept only if still in step
+        if isinstance(value, Parked):  # too large for the socket: fetch it through Ray
+            return self._transport.ray.start(self._handle, "take_parked", (value.token,)).result(timeout_s)
         return value
 
 
-async def _endpoint_async(actor: Any) -> Endpoint | None:
-    """The actor's endpoint (asked through Ray the first time); None: it serves no channel."""
-    if actor._actor_id not in _endpoints:
-        _endpoints[actor._actor_id] = await actor.wire_endpoint.remote()
-    return _endpoints.get(actor._actor_id)
+class DirectTransport:
+    """Partition calls over each actor's socket, through Ray where ``through_ray`` says.
 
+    Holds this process's endpoints, connection pools and fallbacks. Blocking calls
+    (``start``) may come from any thread; ``call`` from any event loop.
+    """
 
-async def call_async(handle: Any, method: str, args: tuple[Any, ...], bulky: bool = False) -> Any:
-    """One call from an event loop; the caller bounds its time."""
-    actor, name = _address(handle)
-    _check_alive(actor)
-    endpoint = None if bulky or _through_ray(actor) else await _endpoint_async(actor)
-    if endpoint is not None:
-        loop = asyncio.get_running_loop()
-        pool = _async_pools.get(loop)
-        if pool is None:
-            pool = _async_pools[loop] = AsyncPool()
+    def __init__(self, *, always_through_ray: bool | None = None) -> None:
+        self.ray = RayTransport()
+        #: Every call through Ray (``RAYQUEUE_CHANNEL=ray``): the reference path, and the
+        #: one for clusters where only Ray's ports are open.
+        self.always_through_ray = (
+            os.environ.get("RAYQUEUE_CHANNEL") == "ray" if always_through_ray is None else always_through_ray
+        )
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget every endpoint and connection (in a forked child: they are the parent's)."""
+        #: Each actor's endpoint, once asked; None when the actor serves no channel.
+        self._endpoints: dict[Any, Endpoint | None] = {}
+        self._through_ray_until: dict[Any, float] = {}
+        self._pool = Pool()
+        self._async_pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncPool] = weakref.WeakKeyDictionary()
+
+    # ------------------------------------------------------------ the one choice
+
+    def through_ray(self, actor: Any, bulky: bool = False) -> bool:
+        """Whether a call to ``actor`` goes through Ray rather than its socket (an actor
+        with no channel shows as a None endpoint, found once it has been asked)."""
+        if bulky or self.always_through_ray:
+            return True
+        if actor._actor_id in self._endpoints and self._endpoints[actor._actor_id] is None:
+            return True
+        return self._through_ray_until.get(actor._actor_id, 0.0) > time.monotonic()
+
+    def _unreachable(self, actor: Any, endpoint: Endpoint, error: ChannelBroken) -> bool:
+        """After a failed connect: whether to go through Ray (the actor lives, its port is
+        out of reach) rather than retry (the actor is gone)."""
+        if not liveness.alive(actor):
+            return False
+        log.warning(
+            "cannot reach %s:%d (%s); calls go through Ray for %.0f s",
+            endpoint.host,
+            endpoint.port,
+            error,
+            defaults.RAY_FALLBACK_S,
+        )
+        self._through_ray_until[actor._actor_id] = time.monotonic() + defaults.RAY_FALLBACK_S
+        return True
+
+    # ------------------------------------------------------------ state
+
+    def endpoint(self, actor: Any) -> Endpoint | None:
+        """The endpoint this transport holds for ``actor`` (None if none, or none asked)."""
+        return self._endpoints.get(actor._actor_id)
+
+    def asked(self) -> int:
+        """How many actors this transport has asked for an endpoint (and still remembers)."""
+        return len(self._endpoints)
+
+    def remember(self, actor: Any, endpoint: Endpoint | None) -> None:
+        self._endpoints[actor._actor_id] = endpoint
+
+    def forget(self, actor: Any, endpoint: Endpoint | None = None) -> None:
+        """Drop what is known of ``actor`` (its endpoint, fallback, idle connections to it)."""
+        endpoint = endpoint or self._endpoints.get(actor._actor_id)
+        self._endpoints.pop(actor._actor_id, None)
+        self._through_ray_until.pop(actor._actor_id, None)
+        if endpoint is not None:
+            self._pool.forget(endpoint)
+            for pool in list(self._async_pools.values()):
+                pool.forget(endpoint)
+
+    def give_back(self, connection: Connection) -> None:
+        self._pool.give_back(connection)
+
+    def _check_alive(self, actor: Any) -> None:
+        if not liveness.alive(actor):
+            self.forget(actor)
+            raise ChannelBroken(f"Ray reports actor {actor._actor_id.hex()} is not alive")
+
+    # ------------------------------------------------------------ blocking calls
+
+    def start(self, handle: Any, method: str, args: tuple[Any, ...], timeout_s: float, bulky: bool = False) -> Pending:
+        """Send one call; its ``result`` waits for the reply."""
+        actor, name = _address(handle)
+        self._check_alive(actor)
+        if not self.through_ray(actor, bulky) and actor._actor_id not in self._endpoints:
+            self.remember(actor, self.ray.start(actor, "wire_endpoint", ()).result(timeout_s))
+        endpoint = None if self.through_ray(actor, bulky) else self._endpoints.get(actor._actor_id)
+        if endpoint is None:
+            return self.ray.start(handle, method, args)
+        try:
+            connection = self._pool.take(endpoint, timeout_s)
+        except ChannelBroken as error:
+            self.forget(actor, endpoint)
+            if not self._unreachable(actor, endpoint, error):
+                raise
+            return self.ray.start(handle, method, args)
+        try:
+            connection.request(name, method, args)
+        except ChannelBroken:
+            self.forget(actor, endpoint)
+            raise
+        return _OverSocket(self, handle, endpoint, connection)
+
+    # ------------------------------------------------------------ awaitable calls
+
+    async def call(self, handle: Any, method: str, args: tuple[Any, ...], bulky: bool = False) -> Any:
+        """One call from an event loop; the caller bounds its time."""
+        actor, name = _address(handle)
+        self._check_alive(actor)
+        if not self.through_ray(actor, bulky) and actor._actor_id not in self._endpoints:
+            self.remember(actor, await self.ray.call(actor, "wire_endpoint", ()))
+        endpoint = None if self.through_ray(actor, bulky) else self._endpoints.get(actor._actor_id)
+        if endpoint is None:
+            return await self.ray.call(handle, method, args)
+        pool = self._async_pools.setdefault(asyncio.get_running_loop(), AsyncPool())
         try:
             value = await pool.call(endpoint, name, method, args)
-            if not isinstance(value, Parked):
-                return value
-            method, args = "take_parked", (value.token,)  # too large for the socket: fetch it through Ray
         except ChannelBroken as error:
-            _forget(actor, endpoint)
-            if not (error.connecting and _unreachable(actor, endpoint, error)):
+            self.forget(actor, endpoint)
+            if not (error.connecting and self._unreachable(actor, endpoint, error)):
                 raise
-    try:
-        return await getattr(handle, method).remote(*args)
-    except RayTaskError as error:
-        raise unwrap(error) from None
+            return await self.ray.call(handle, method, args)
+        if isinstance(value, Parked):  # too large for the socket: fetch it through Ray
+            return await self.ray.call(handle, "take_parked", (value.token,))
+        return value
+
+
+#: This process's transport.
+TRANSPORT = DirectTransport()
+os.register_at_fork(after_in_child=TRANSPORT.reset)

@@ -31,8 +31,7 @@ from rayqueue.errors import (
     PartitionUnavailable,
     RayQueueError,
 )
-from rayqueue.transport import direct as channel
-from rayqueue.transport.direct import unwrap
+from rayqueue.transport.direct import TRANSPORT, Pending, unwrap
 from rayqueue.transport.wire import ChannelBroken
 
 #: Errors after which the same call may succeed once the actor is back.
@@ -60,8 +59,8 @@ def _submit(target: Target, call: Call, retry: bool) -> ray.ObjectRef[Any]:
     return getattr(_actor(target, call), call.method).remote(*_args(call, retry))
 
 
-def _start(target: Target, call: Call, retry: bool) -> channel.Pending:
-    return channel.Pending(_actor(target, call), call.method, _args(call, retry), _timeout(call), call.bulky)
+def _start(target: Target, call: Call, retry: bool) -> Pending:
+    return TRANSPORT.start(_actor(target, call), call.method, _args(call, retry), _timeout(call), call.bulky)
 
 
 class _StepRun:
@@ -182,7 +181,7 @@ def _execute(target: Target, step: Step) -> Any:
     run = _StepRun(target, step)
     while calls := run.pending():
         outcomes: dict[int, Any] = {}
-        started: dict[int, channel.Pending] = {}
+        started: dict[int, Pending] = {}
         for index, call in calls.items():
             try:
                 started[index] = _start(target, call, run.retrying)
@@ -288,7 +287,7 @@ async def _execute_async(target: Target, step: Step) -> Any:
         outcomes = await asyncio.gather(
             *(
                 asyncio.wait_for(
-                    channel.call_async(_actor(target, call), call.method, _args(call, run.retrying), call.bulky),
+                    TRANSPORT.call(_actor(target, call), call.method, _args(call, run.retrying), call.bulky),
                     _timeout(call),
                 )
                 for call in calls.values()

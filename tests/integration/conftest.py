@@ -11,6 +11,7 @@ import pytest
 import ray
 
 import rayqueue
+from rayqueue.transport.direct import TRANSPORT
 
 pytestmark = pytest.mark.integration
 
@@ -49,3 +50,16 @@ def queue_name(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def queue(client: rayqueue.Client, queue_name: str) -> rayqueue.Queue:
     return client.create_queue(queue_name, max_messages=1000, max_message_bytes=1024, visibility_timeout_s=30)
+
+
+@pytest.fixture(params=["direct", "ray"])
+def each_transport(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Run a test once per transport of this process's handles: the direct sockets, and
+    Ray actor calls (``RAYQUEUE_CHANNEL=ray``). The queue's contract holds on both."""
+    through_ray = request.param == "ray"
+    TRANSPORT.reset()
+    monkeypatch.setattr(TRANSPORT, "always_through_ray", through_ray)
+    yield request.param
+    if through_ray:
+        assert TRANSPORT.asked() == 0, "a call went to a socket although every call was to go through Ray"
+    TRANSPORT.reset()

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 from dataclasses import replace
 
+import pytest
 import ray
 
-from rayqueue.transport import direct as channel
+from rayqueue import defaults
+from rayqueue.transport.direct import TRANSPORT
 
 
 def round_trip(queue) -> list[bytes]:
@@ -28,17 +31,17 @@ def closed_port() -> int:
 def test_the_channel_serves_the_data_calls(queue):
     assert round_trip(queue) == [b"a", b"b", b"c"]
     actor = queue._target.route.partitions[0]
-    assert actor._actor_id in channel._endpoints  # the calls went over the socket
+    assert TRANSPORT.endpoint(actor) is not None  # the calls went over the socket
 
 
 def test_an_unreachable_socket_falls_back_to_ray(queue):
     actor = queue._target.route.partitions[0]
     real = ray.get(actor.wire_endpoint.remote())
     # As behind a firewall that lets only Ray's own ports through: the actor lives, its port is out of reach.
-    channel._endpoints[actor._actor_id] = replace(real, port=closed_port())
+    TRANSPORT.remember(actor, replace(real, port=closed_port()))
     try:
         assert round_trip(queue) == [b"a", b"b", b"c"]
-        assert channel._through_ray(actor)
+        assert TRANSPORT.through_ray(actor)
 
         async def awaitable() -> list[bytes]:
             await queue.send_async(b"d")
@@ -49,13 +52,21 @@ def test_an_unreachable_socket_falls_back_to_ray(queue):
         assert asyncio.run(awaitable()) == [b"d"]
         assert queue.stats().visible == 0
     finally:
-        channel._through_ray_until.pop(actor._actor_id, None)
-        channel._endpoints.pop(actor._actor_id, None)
+        TRANSPORT.forget(actor)
 
 
 def test_every_call_can_go_through_ray(queue, monkeypatch):
-    monkeypatch.setenv("RAYQUEUE_CHANNEL", "ray")
-    actor = queue._target.route.partitions[0]
-    channel._endpoints.pop(actor._actor_id, None)
+    monkeypatch.setattr(TRANSPORT, "always_through_ray", True)
+    TRANSPORT.reset()
     assert round_trip(queue) == [b"a", b"b", b"c"]
-    assert actor._actor_id not in channel._endpoints
+    assert TRANSPORT.asked() == 0  # no actor was asked for its socket
+
+
+def test_an_unknown_call_is_refused_at_once_not_retried(queue):
+    from rayqueue.errors import UnknownCall
+
+    actor = queue._target.route.partitions[0]
+    started = time.monotonic()
+    with pytest.raises(UnknownCall):
+        TRANSPORT.start(actor, "no_such_call", (), timeout_s=10.0).result(10.0)
+    assert time.monotonic() - started < defaults.PARTITION_RETRY_S  # answered, not retried for 30 s

@@ -1,4 +1,5 @@
-"""The five operations and their rules, on real partition actors and real files."""
+"""The five operations and their rules, on real partition actors and real files, once per
+transport (the direct sockets and Ray actor calls: see ``each_transport``)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ from rayqueue.errors import (
     QueueNotFound,
     StorageMismatch,
 )
+
+pytestmark = pytest.mark.usefixtures("each_transport")
 
 
 def drain(queue: rayqueue.Queue, wait_s: float = 0.0) -> list[rayqueue.Message]:
