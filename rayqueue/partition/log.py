@@ -588,9 +588,12 @@ class PartitionLog:
 
 def _delivery(chunk: Chunk, rows: np.ndarray, epoch: int) -> pa.RecordBatch:
     assert chunk.batch is not None, "the service reloads an evicted chunk before receiving from it"
-    if len(rows) and rows[-1] - rows[0] + 1 == len(rows):
-        part = chunk.batch.slice(int(rows[0]), len(rows))  # contiguous: no copy
+    if len(rows) == chunk.batch.num_rows:
+        part = chunk.batch  # the whole segment: no copy
     else:
+        # A copy of the rows, never a slice: a slice keeps (and pickles, on its way to the
+        # caller) the whole segment's buffers, so receiving 2 messages of a 10 MB segment
+        # would send 10 MB.
         part = chunk.batch.take(pa.array(rows))
     extra = [
         pa.array(chunk.receive_count[rows]),

@@ -116,6 +116,19 @@ def test_receive_hands_out_messages_in_send_order():
     assert bodies(rest) == [b"m2", b"m3", b"m4", b"m5"]
 
 
+def test_a_receive_of_a_few_messages_carries_only_their_bytes_not_their_segments():
+    import pickle
+
+    log = new_log()
+    send(log, [bytes([i % 256]) * 1000 for i in range(1000)])  # one segment of about 1 MB
+
+    table = log.receive(2, T0, VISIBILITY)
+
+    assert table["body"].to_pylist() == [b"\x00" * 1000, b"\x01" * 1000]
+    # What goes back to the caller is pickled: a slice would take the whole segment along.
+    assert len(pickle.dumps(table, protocol=5)) < 20_000
+
+
 def test_receive_from_empty_log_returns_nothing():
     assert receive(new_log(), T0) == []
 
