@@ -19,6 +19,20 @@ The driver's contract, which plans rely on:
   it, so that it never waits on one partition while holding another's results.
 - An error the partition raised on purpose (a ``RayQueueError``) is thrown into
   the plan as it is.
+
+What each step sends back into the plan: a ``Calls`` step, the list of its calls'
+results, in order; a ``FirstOf`` step, ``(index, result)`` of the first call to
+finish, or None if none finished within its ``timeout_s``. A plan, in full::
+
+    def _visible_plan(self) -> Plan[int]:  # (a simpler Queue._stats_plan)
+        calls = [Call(partition, "stats", ()) for partition in range(self._count)]
+        per_partition: list[PartitionStats] = yield Calls(calls)
+        return sum(stats.visible for stats in per_partition)
+
+``drivers.run(target, plan)`` runs it blocking, ``await drivers.run_async(target, plan)``
+from an event loop; both return what the plan returns. Why two drivers and not one
+async implementation behind a blocking facade: measured side by side in
+``jobs/bench.py`` (the ``facade`` path), the facade made one-at-a-time calls slower.
 """
 
 from __future__ import annotations

@@ -164,14 +164,14 @@ def run(target: Target, plan: Plan[T]) -> T:
     take_reports(target)
     if target.stale():
         target.set_route(call_coordinator(target.coordinator, "route", target.name))
-    outcome = _send(plan, None)
+    outcome = _resume(plan, None)
     while not isinstance(outcome, _Done):
         try:
             result = _execute(target, outcome)
         except RayQueueError as error:
-            outcome = _throw(plan, error)
+            outcome = _resume_with_error(plan, error)
         else:
-            outcome = _send(plan, result)
+            outcome = _resume(plan, result)
     return outcome.value
 
 
@@ -268,14 +268,14 @@ async def run_async(target: Target, plan: Plan[T]) -> T:
     take_reports(target)
     if target.stale():
         target.set_route(await call_coordinator_async(target.coordinator, "route", target.name))
-    outcome = _send(plan, None)
+    outcome = _resume(plan, None)
     while not isinstance(outcome, _Done):
         try:
             result = await _execute_async(target, outcome)
         except RayQueueError as error:
-            outcome = _throw(plan, error)
+            outcome = _resume_with_error(plan, error)
         else:
-            outcome = _send(plan, result)
+            outcome = _resume(plan, result)
     return outcome.value
 
 
@@ -349,14 +349,16 @@ class _Done:
         self.value = value
 
 
-def _send(plan: Plan[Any], result: Any) -> Step | _Done:
+def _resume(plan: Plan[Any], result: Any) -> Step | _Done:
+    """Hand the plan its last step's result; what it does next."""
     try:
         return plan.send(result)
     except StopIteration as stop:
         return _Done(stop.value)
 
 
-def _throw(plan: Plan[Any], error: BaseException) -> Step | _Done:
+def _resume_with_error(plan: Plan[Any], error: BaseException) -> Step | _Done:
+    """Raise ``error`` inside the plan, where its last step was; what it does next."""
     try:
         return plan.throw(error)
     except StopIteration as stop:
