@@ -51,8 +51,6 @@ DEFAULT_MAX_MESSAGES = 1_000_000
 DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024
 #: Messages per send_batch, receive and delete_batch call of send and purge.
 BATCH = 1000
-#: Bodies per send_batch call stay under rayqueue's 64 MiB per call.
-MAX_BATCH_BYTES = 64 * 1024 * 1024
 #: Seconds between two refreshes of ``top``.
 TOP_INTERVAL_S = 1.0
 #: Clears a terminal and puts the cursor top left (``top`` redraws in place on a terminal).
@@ -190,7 +188,7 @@ def add_common(parser: argparse.ArgumentParser, *, top: bool, connection_only: b
     parser.add_argument("--storage", default=default(None), help="fsspec URL (default: RAYQUEUE_STORAGE)")
     if connection_only:
         return
-    parser.add_argument("--namespace", default=default("rayqueue"), help="rayqueue's Ray namespace")
+    parser.add_argument("--namespace", default=default(defaults.NAMESPACE), help="rayqueue's Ray namespace")
     parser.add_argument("--json", action="store_true", default=default(False), help="print one JSON document")
 
 
@@ -382,7 +380,7 @@ def run_top(client: rayqueue.Client, args: argparse.Namespace) -> int:
 
 def run_bench(parser: argparse.ArgumentParser, args: argparse.Namespace, extra: list[str]) -> int:
     """Run jobs/bench.py's ``main`` in this process; its exit code is ours."""
-    if args.json or args.namespace != "rayqueue":
+    if args.json or args.namespace != defaults.NAMESPACE:
         parser.error("bench takes neither --json nor --namespace; it writes JSON with: rayqueue bench --json FILE")
     candidates = bench_candidates(args.script)
     script = next((path for path in candidates if path.is_file()), None)
@@ -461,11 +459,11 @@ def stdin_lines(stream: BinaryIO) -> Iterator[bytes]:
 
 
 def chunks(bodies: Iterable[bytes], most: int) -> Iterator[list[bytes]]:
-    """Runs of at most ``most`` bodies and ``MAX_BATCH_BYTES`` bytes, in order."""
+    """Runs of at most ``most`` bodies and ``defaults.MAX_BATCH_BYTES`` bytes, in order."""
     chunk: list[bytes] = []
     size = 0
     for body in bodies:
-        if chunk and (len(chunk) == most or size + len(body) > MAX_BATCH_BYTES):
+        if chunk and (len(chunk) == most or size + len(body) > defaults.MAX_BATCH_BYTES):
             yield chunk
             chunk, size = [], 0
         chunk.append(body)

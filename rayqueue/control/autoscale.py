@@ -20,6 +20,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from rayqueue import defaults
+
 
 @dataclass(frozen=True)
 class LoadSample:
@@ -37,14 +39,14 @@ class ScalingPolicy:
     min_partitions: int
     max_partitions: int
     #: Send rate one partition is meant to carry.
-    target_send_rate: float = 5_000.0
+    target_send_rate: float = defaults.TARGET_SEND_RATE
     #: Backlog one partition is meant to hold.
-    target_backlog: int = 100_000
+    target_backlog: int = defaults.TARGET_BACKLOG
     #: Shrink only when one fewer partition would stay under this share of its target.
     shrink_below: float = 0.5
     #: How much history a decision looks at, and how long to wait after a change.
-    window_s: float = 30.0
-    cooldown_s: float = 60.0
+    window_s: float = defaults.SCALING_WINDOW_S
+    cooldown_s: float = defaults.SCALING_COOLDOWN_S
 
 
 def partitions_needed(sample: LoadSample, policy: ScalingPolicy) -> float:
