@@ -17,7 +17,7 @@ is the one place that chooses it:
 - an actor whose socket cannot be reached although Ray says it lives (a firewall
   that lets only Ray's ports through, a driver outside the cluster's network):
   through Ray for ``RAY_FALLBACK_S``, then the socket is tried again;
-- every call, with ``RAYQUEUE_CHANNEL=ray`` (read when the transport is made).
+- every call, with ``RAYQUEUE_CHANNEL=ray`` (or ``always_through_ray``).
 
 A reply too large for the socket is parked by the partition and fetched through Ray.
 Each process has one ``TRANSPORT`` (reset in a forked child, which must not speak
@@ -122,11 +122,10 @@ class DirectTransport:
 
     def __init__(self, *, always_through_ray: bool | None = None) -> None:
         self.ray = RayTransport()
-        #: Every call through Ray (``RAYQUEUE_CHANNEL=ray``): the reference path, and the
-        #: one for clusters where only Ray's ports are open.
-        self.always_through_ray = (
-            os.environ.get("RAYQUEUE_CHANNEL") == "ray" if always_through_ray is None else always_through_ray
-        )
+        #: Every call through Ray: the reference path, and the one for clusters where only
+        #: Ray's ports are open. None: as ``RAYQUEUE_CHANNEL`` says at each call (an
+        #: environment variable a program or test may set after importing rayqueue).
+        self.always_through_ray = always_through_ray
         self.reset()
 
     def reset(self) -> None:
@@ -142,11 +141,16 @@ class DirectTransport:
     def through_ray(self, actor: Any, bulky: bool = False) -> bool:
         """Whether a call to ``actor`` goes through Ray rather than its socket (an actor
         with no channel shows as a None endpoint, found once it has been asked)."""
-        if bulky or self.always_through_ray:
+        if bulky or self._all_through_ray():
             return True
         if actor._actor_id in self._endpoints and self._endpoints[actor._actor_id] is None:
             return True
         return self._through_ray_until.get(actor._actor_id, 0.0) > time.monotonic()
+
+    def _all_through_ray(self) -> bool:
+        if self.always_through_ray is not None:
+            return self.always_through_ray
+        return os.environ.get("RAYQUEUE_CHANNEL") == "ray"
 
     def _unreachable(self, actor: Any, endpoint: Endpoint, error: ChannelBroken) -> bool:
         """After a failed connect: whether to go through Ray (the actor lives, its port is

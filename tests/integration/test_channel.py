@@ -56,7 +56,7 @@ def test_an_unreachable_socket_falls_back_to_ray(queue):
 
 
 def test_every_call_can_go_through_ray(queue, monkeypatch):
-    monkeypatch.setattr(TRANSPORT, "always_through_ray", True)
+    monkeypatch.setenv("RAYQUEUE_CHANNEL", "ray")  # as a user sets it, after rayqueue was imported
     TRANSPORT.reset()
     assert round_trip(queue) == [b"a", b"b", b"c"]
     assert TRANSPORT.asked() == 0  # no actor was asked for its socket
