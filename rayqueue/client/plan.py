@@ -22,12 +22,14 @@ The driver's contract, which plans rely on:
 
 What each step sends back into the plan: a ``Calls`` step, the list of its calls'
 results, in order; a ``FirstOf`` step, ``(index, result)`` of the first call to
-finish, or None if none finished within its ``timeout_s``. A plan, in full::
+finish, or None if none finished within its ``timeout_s``. Plans take steps through
+``gather`` and ``first``, and make calls with the typed constructors below (``stats``,
+``receive``...), so a type checker knows what each step gives back. A plan, in full
+(``Queue`` imports this module as ``steps``)::
 
     def _visible_plan(self) -> Plan[int]:  # (a simpler Queue._stats_plan)
-        calls = [Call(partition, "stats", ()) for partition in range(self._count)]
-        per_partition: list[PartitionStats] = yield Calls(calls)
-        return sum(stats.visible for stats in per_partition)
+        per_partition = yield from steps.gather([steps.stats(p) for p in range(self._count)])
+        return sum(s.visible for s in per_partition)  # per_partition: list[PartitionStats]
 
 ``drivers.run(target, plan)`` runs it blocking, ``await drivers.run_async(target, plan)``
 from an event loop; both return what the plan returns. Why two drivers and not one
@@ -40,17 +42,22 @@ from __future__ import annotations
 import time
 from collections.abc import Generator
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
+
+import pyarrow as pa
 
 from rayqueue import defaults
+from rayqueue.message import PartitionStats
 from rayqueue.routes import Route
 
 T = TypeVar("T")
+#: What a call's method returns.
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
-class Call:
-    """One method call on one partition actor."""
+class Call(Generic[R]):
+    """One method call on one partition actor; ``R`` is what it returns."""
 
     partition: int
     method: str
@@ -71,7 +78,7 @@ class Call:
 class Calls:
     """Run these calls concurrently; the plan receives their results in order."""
 
-    calls: list[Call]
+    calls: list[Call[Any]]
 
 
 @dataclass(frozen=True)
@@ -79,12 +86,56 @@ class FirstOf:
     """Run these calls concurrently; the plan receives ``(index, result)`` of the
     first to finish (the others are cancelled), or None after ``timeout_s``."""
 
-    calls: list[Call]
+    calls: list[Call[Any]]
     timeout_s: float
 
 
 Step = Calls | FirstOf
 Plan = Generator[Step, Any, T]
+
+
+def gather(calls: list[Call[R]]) -> Plan[list[R]]:
+    """A step: run ``calls`` concurrently; their results, in order."""
+    results: list[R] = yield Calls(list(calls))
+    return results
+
+
+def first(calls: list[Call[R]], timeout_s: float) -> Plan[tuple[int, R] | None]:
+    """A step: run ``calls`` concurrently; ``(index, result)`` of the first to finish
+    (the others are cancelled), or None after ``timeout_s``."""
+    found: tuple[int, R] | None = yield FirstOf(list(calls), timeout_s)
+    return found
+
+
+# ----------------------------------------------- the partition's calls, typed
+
+
+def send(partition: int, rows: pa.Table, *, dedup: bool, bulky: bool) -> Call[None]:
+    """Store ``rows`` (with ``dedup``, skipping ids stored within the dedup window). A repeat
+    after a failure always checks the ids: the first try may have stored them."""
+    return Call(partition, "send", (rows, dedup), retry_args=(rows, True), bulky=bulky)
+
+
+def receive(
+    partition: int, max_messages: int, wait_s: float, visibility_s: float | None, *, once: bool = False
+) -> Call[pa.Table]:
+    return Call(partition, "receive", (max_messages, wait_s, visibility_s), wait_s=wait_s, once=once)
+
+
+def wait_visible(partition: int, seconds: float) -> Call[bool]:
+    return Call(partition, "wait_visible", (seconds,), wait_s=seconds)
+
+
+def delete(partition: int, offsets: Any, tokens: Any, receipts: pa.Array) -> Call[None]:
+    return Call(partition, "delete", (offsets, tokens, receipts))
+
+
+def change_visibility(partition: int, offset: int, token: int, receipt: str, timeout_s: float) -> Call[None]:
+    return Call(partition, "change_visibility", (offset, token, receipt, timeout_s))
+
+
+def stats(partition: int) -> Call[PartitionStats]:
+    return Call(partition, "stats", ())
 
 
 @dataclass

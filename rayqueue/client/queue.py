@@ -21,8 +21,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from rayqueue import defaults
+from rayqueue.client import plan as steps
 from rayqueue.client.consumer import BufferedConsumer
-from rayqueue.client.plan import Call, Calls, FirstOf, Plan, Step, Target
+from rayqueue.client.plan import Plan, Step, Target
 from rayqueue.client.rows import (
     ArrowBodies,
     Body,
@@ -39,7 +40,7 @@ from rayqueue.client.rows import (
 )
 from rayqueue.config import QueueConfig
 from rayqueue.errors import InvalidArgument, InvalidReceipt, PartitionRetired, PartitionUnavailable, QueueFull
-from rayqueue.message import Message, PartitionStats, QueueStats, Receipt, decode_receipt
+from rayqueue.message import Message, QueueStats, Receipt, decode_receipt
 from rayqueue.routes import Route
 from rayqueue.schemas import DELIVERY_SCHEMA
 from rayqueue.transport import drivers
@@ -238,7 +239,9 @@ class Queue:
         # rows without one go to the next partition in turn.
         where = self._partitions_of(keys)
         parts = {int(p): rows.filter(pa.array(where == p)) for p in np.unique(where)}
-        yield Calls([Call(p, "send", (part, False), bulky=is_bulky(part.nbytes)) for p, part in parts.items()])
+        yield from steps.gather(
+            [steps.send(p, part, dedup=False, bulky=is_bulky(part.nbytes)) for p, part in parts.items()]
+        )
         return ids
 
     def _partitions_of(self, keys: pa.ChunkedArray) -> np.ndarray:
@@ -263,9 +266,7 @@ class Queue:
         stored = 0
         for partition in order:
             try:
-                yield Calls(
-                    [Call(partition, "send", (rows, dedup), retry_args=(rows, True), bulky=is_bulky(rows.nbytes))]
-                )
+                yield from steps.gather([steps.send(partition, rows, dedup=dedup, bulky=is_bulky(rows.nbytes))])
                 return
             except QueueFull as full:
                 stored += full.stored  # this partition's share is used up; try the next
@@ -283,7 +284,7 @@ class Queue:
             check("visibility_timeout_s", visibility_s, number(0.0, defaults.MAX_VISIBILITY_TIMEOUT_S))
         partitions = self._count
         if partitions == 1:
-            (delivery,) = yield Calls([Call(0, "receive", (max_messages, wait_s, visibility_s), wait_s=wait_s)])
+            (delivery,) = yield from steps.gather([steps.receive(0, max_messages, wait_s, visibility_s)])
             return [(0, delivery)]
         start = next(self._round_robin)
         order = [(start + i) % partitions for i in range(partitions)]
@@ -294,7 +295,7 @@ class Queue:
             # Nothing is held and a partition failed (it may hold the only messages left):
             # wait for it as a single-partition receive does, rather than answer "empty"
             # (it raises PartitionUnavailable in the end).
-            (delivery,) = yield Calls([Call(failed[0], "receive", (max_messages, 0.0, visibility_s))])
+            (delivery,) = yield from steps.gather([steps.receive(failed[0], max_messages, 0.0, visibility_s)])
             return [(failed[0], delivery)] if delivery.num_rows else []
         return (yield from self._long_poll(max_messages, wait_s, visibility_s))
 
@@ -315,9 +316,9 @@ class Queue:
         failed: list[int] = []
         received = 0
         for partition in order:
-            call = Call(partition, "receive", (max_messages - received, 0.0, visibility_s), once=True)
+            call = steps.receive(partition, max_messages - received, 0.0, visibility_s, once=True)
             try:
-                (delivery,) = yield Calls([call])
+                (delivery,) = yield from steps.gather([call])
             except PartitionRetired:
                 continue  # drained and gone: nothing to receive there
             except PartitionUnavailable:
@@ -336,13 +337,13 @@ class Queue:
         # Ask every partition to tell us when it has something, then take from the first that does.
         give_up = time.monotonic() + wait_s
         while (remaining := give_up - time.monotonic()) > 0:
-            probes = [Call(p, "wait_visible", (remaining,), wait_s=remaining) for p in range(self._count)]
-            first = yield FirstOf(probes, remaining)
+            probes = [steps.wait_visible(p, remaining) for p in range(self._count)]
+            first = yield from steps.first(probes, remaining)
             if first is None or not first[1]:
                 continue
             partition = first[0]
             try:
-                (delivery,) = yield Calls([Call(partition, "receive", (max_messages, 0.0, visibility_s))])
+                (delivery,) = yield from steps.gather([steps.receive(partition, max_messages, 0.0, visibility_s)])
             except PartitionRetired:
                 continue
             if delivery.num_rows:
@@ -374,25 +375,25 @@ class Queue:
             raise InvalidReceipt(str(column[bad]), f"queue {self.name!r} has no partition {partitions[bad]}")
         if isinstance(column, pa.ChunkedArray):
             column = column.combine_chunks()
-        calls = []
+        deletes = []
         for partition in np.unique(partitions):
             mine = partitions == partition
-            arguments = (parsed.offsets[mine], parsed.tokens[mine], column.filter(pa.array(mine)))
-            calls.append(Call(int(partition), "delete", arguments))
-        yield Calls(calls)
+            deletes.append(
+                steps.delete(int(partition), parsed.offsets[mine], parsed.tokens[mine], column.filter(pa.array(mine)))
+            )
+        yield from steps.gather(deletes)
 
     def _visibility_plan(self, receipt: str, timeout_s: float) -> Plan[None]:
         check("timeout_s", timeout_s, number(0.0, defaults.MAX_VISIBILITY_TIMEOUT_S))
         parts = self._decode(receipt)
-        arguments = (parts.offset, parts.token, receipt, float(timeout_s))
-        yield Calls([Call(parts.partition, "change_visibility", arguments)])
+        yield from steps.gather(
+            [steps.change_visibility(parts.partition, parts.offset, parts.token, receipt, float(timeout_s))]
+        )
 
     def _stats_plan(self) -> Plan[QueueStats]:
         while True:
             try:
-                parts: list[PartitionStats] = yield Calls(
-                    [Call(partition, "stats", ()) for partition in range(self._count)]
-                )
+                parts = yield from steps.gather([steps.stats(partition) for partition in range(self._count)])
                 break
             except PartitionRetired:
                 continue  # scaling in removed one meanwhile: ask the partitions there are now

@@ -43,23 +43,23 @@ _ELSEWHERE = (PartitionUnavailable, PartitionFenced)
 _FAILED = (*_ELSEWHERE, *_RETRYABLE, TimeoutError)
 
 
-def _actor(target: Target, call: Call) -> Any:
+def _actor(target: Target, call: Call[Any]) -> Any:
     if call.partition >= len(target.route.partitions):
         # Scaling in removed it (drained) since the plan chose it.
         raise PartitionRetired(target.name, call.partition)
     return target.route.partitions[call.partition]
 
 
-def _args(call: Call, retry: bool) -> tuple[Any, ...]:
+def _args(call: Call[Any], retry: bool) -> tuple[Any, ...]:
     return call.retry_args if retry and call.retry_args is not None else call.args
 
 
-def _submit(target: Target, call: Call, retry: bool) -> ray.ObjectRef[Any]:
+def _submit(target: Target, call: Call[Any], retry: bool) -> ray.ObjectRef[Any]:
     """Through Ray: for calls that may be cancelled (long-poll probes)."""
     return getattr(_actor(target, call), call.method).remote(*_args(call, retry))
 
 
-def _start(target: Target, call: Call, retry: bool) -> Pending:
+def _start(target: Target, call: Call[Any], retry: bool) -> Pending:
     return TRANSPORT.start(_actor(target, call), call.method, _args(call, retry), _timeout(call), call.bulky)
 
 
@@ -77,7 +77,7 @@ class _StepRun:
         self._deadline = time.monotonic() + defaults.PARTITION_RETRY_S
         self._backoff = Backoff(*defaults.CALL_BACKOFF_S)
 
-    def pending(self) -> dict[int, Call]:
+    def pending(self) -> dict[int, Call[Any]]:
         return {index: self.step.calls[index] for index in self.todo}
 
     def settle(self, outcomes: dict[int, Any]) -> tuple[int, float] | None:
@@ -115,11 +115,11 @@ def _first_failed(error: BaseException) -> None:
         raise cause from None
 
 
-def _timeout(call: Call) -> float:
+def _timeout(call: Call[Any]) -> float:
     return call.wait_s + defaults.CALL_TIMEOUT_S
 
 
-def _unavailable(target: Target, call: Call, error: BaseException) -> PartitionUnavailable:
+def _unavailable(target: Target, call: Call[Any], error: BaseException) -> PartitionUnavailable:
     return PartitionUnavailable(target.name, call.partition, f"{type(error).__name__}: {error}")
 
 

@@ -307,3 +307,15 @@ def test_a_long_poll_probe_that_failed_is_reported_by_both_drivers(failure):
 def test_a_long_poll_probe_that_raised_on_purpose_raises_it():
     with pytest.raises(QueueNotFound):
         drivers._first_failed(task_error(QueueNotFound("q")))
+
+
+def test_an_arrow_send_over_several_partitions_checks_ids_when_it_is_repeated():
+    queue = queue_of(3)
+    rows = pa.table({"body": [b"a", b"b", b"c", b"d"], "key": ["k1", "k2", "k3", "k4"]})
+
+    step = next(queue._send_batch_plan(rows))
+
+    assert isinstance(step, Calls) and len(step.calls) > 1  # the keys spread over partitions
+    for call in step.calls:
+        assert call.method == "send" and call.args[1] is False  # no id check on the first try
+        assert call.retry_args is not None and call.retry_args[1] is True  # but on a repeat: it may have stored
