@@ -53,8 +53,8 @@ class RayReplicaLink:
     async def report_lost(self, replicas: list[str]) -> bool:
         return bool(await self._coordinator("replica_lost", replicas))
 
-    def on_leader_node(self, replicas: list[str]) -> int:
-        return sum(self._nodes.get(name) == self._node for name in replicas)
+    def apart(self, replica: str) -> bool:
+        return self._nodes.get(replica, self._node) != self._node  # a node not learned yet counts as the leader's
 
     async def _coordinator(self, method: str, arg: Any) -> Any:
         coordinator = ray.get_actor(defaults.COORDINATOR_NAME, namespace=self._namespace)

@@ -48,9 +48,10 @@ class StorageFirst:
 
 class ReplicasFirst:
     """``durability="replicas"``: a write is acknowledged once every replica of the
-    in-sync set holds it, and the ordered writer stores it in the background;
-    replicas let go of what is settled. It is acknowledged once stored instead when
-    the replicas cannot hold it, or when more than ``max_unstored`` writes wait to be
+    in-sync set holds it (one of them on another node than the leader's), and the
+    ordered writer stores it in the background; replicas let go of what is settled.
+    It is acknowledged once stored instead when the replicas cannot hold it (or none
+    of them would outlive the leader's node), or when more than ``max_unstored`` writes wait to be
     stored (``unstored`` counts them): storage that falls behind slows producers down,
     rather than growing what only the replicas hold without bound."""
 

@@ -1,7 +1,10 @@
 """Replication between a partition's leader and its replicas: the parts without Ray.
 
 With ``durability="replicas"`` a leader acknowledges a write once every replica
-of its in-sync set holds it, and stores it in the background. A replica
+of its in-sync set holds it and one of them runs on another node, and stores it
+in the background. A replica on the leader's own node is lost with that node, so
+its word alone never lets a write skip storage (a one-node cluster therefore
+acknowledges once stored, as with durability "storage"). A replica
 therefore holds what its leader acknowledged but has not stored yet
 (``HeldWrites``); the leader tells it when a write is settled (stored and taken
 into the log), and it lets go. Storage is the record of everything else, so a
@@ -124,8 +127,9 @@ class ReplicaLink(Protocol):
         """Ask the coordinator to record that these replicas left the in-sync set (and
         replace them); True once recorded, False if it refused (this leader was replaced)."""
 
-    def on_leader_node(self, replicas: list[str]) -> int:
-        """How many of these replicas share the leader's node."""
+    def apart(self, replica: str) -> bool:
+        """Whether this replica is known to run on another node than the leader: only
+        such a replica survives the loss of the leader's node."""
 
 
 class ReplicaSet:
@@ -206,13 +210,14 @@ class ReplicaSet:
         return len(self._recorded) if self._acknowledging else len(self._in_sync)
 
     def on_leader_node(self) -> int:
-        return self._link.on_leader_node(self.names())
+        """In-sync replicas not known to run on another node than the leader."""
+        return sum(not self._link.apart(name) for name in self.names())
 
     async def segment(self, batch: pa.RecordBatch) -> bool:
         """Hand a stamped segment to every replica; True if every replica of the
-        in-sync set holds it, and one of them is recorded by the coordinator: it may be
-        acknowledged before it is stored. Raises PartitionFenced if a replica heard of
-        a newer leader."""
+        in-sync set holds it, and one of them is recorded by the coordinator and runs on
+        another node: it may be acknowledged before it is stored. Raises PartitionFenced
+        if a replica heard of a newer leader."""
         return await self._to_all("hold_segment", (self.epoch, batch))
 
     async def deletes(self, seq: int, offsets: np.ndarray) -> bool:
@@ -240,7 +245,12 @@ class ReplicaSet:
             leaving = [name for name in failed if name in self._in_sync]
             if leaving:
                 self._leave(leaving)
-        return bool(self._recorded) and not self._leaving
+        return not self._leaving and self._survives_the_leaders_node()
+
+    def _survives_the_leaders_node(self) -> bool:
+        """Whether a replica the coordinator may promote would outlive the leader's node:
+        a copy on the same node is no second copy when the node goes."""
+        return any(self._link.apart(name) for name in self._recorded)
 
     def _leave(self, names: list[str]) -> None:
         """In-sync replicas that failed or were left out: they count (writes wait for

@@ -12,9 +12,12 @@ through possibly stale routes, and report failures as handles do.
 
 Faults, all chosen by the seed: delays at every await point (so replies and
 requests reorder), storage errors before an operation and lost replies after it,
-storage outages, process crashes (between any two storage operations), failed and
-lost replica calls, and zombie leaders (declared dead while still running and
-reachable through stale routes).
+storage outages, process crashes (between any two storage operations), machine
+crashes (every process on one machine at once), failed and lost replica calls, and
+zombie leaders (declared dead while still running and reachable through stale
+routes). Processes are placed on two or three machines at random, so a replica
+sometimes shares its leader's machine, as the real coordinator places it when the
+cluster has no other node.
 
 What is checked, against a model of what clients were told:
 - lost: an acknowledged send, never deleted, that the final drain does not find;
@@ -128,6 +131,11 @@ class World:
         self.root = f"memory://rayqueue-sim-{seed}-{next(_roots)}"
         self.outcome = Outcome(seed, durability, replicas)
         self.nodes: dict[str, Node] = {}
+        #: How many machines the processes are spread over.
+        self.machines = self.random.choice([2, 3])
+        #: No process has died since the serving leader last held nothing unstored: what
+        #: was acknowledged before the last failure is stored (see ``may_lose_machine``).
+        self.absorbed = True
         self._names = itertools.count()
         self.outage = False  # storage down for everyone
         self.calm = False  # the final drain: no more injected faults
@@ -200,12 +208,44 @@ class World:
             keepers.add(leader.name)  # a fenced leader is on its way out
         return bool(keepers - {node.name})
 
+    def may_lose_machine(self) -> bool:
+        """Whether a whole machine may crash now. The guarantee is for one node's loss at
+        a time: with durability "replicas" a machine crashes only while no other failure
+        is still under way (a serving leader, every replica it should have alive and
+        recorded in sync, and what was acknowledged before the last process died since
+        stored), whatever the processes on it; with durability "storage" at any time."""
+        if self.config.durability != "replicas":
+            return True
+        controller = self.controller
+        leader = controller.leader
+        if leader is None or not leader.alive or leader.service is None or leader.service.fenced:
+            return False
+        replicas = controller.replicas
+        return (
+            self.absorbed
+            and not controller.replacing
+            and len(replicas) >= self.config.replicas
+            and all(self.nodes[name].alive for name in replicas)
+            and set(replicas) <= controller.in_sync
+        )
+
+    def crash_machine(self, machine: int) -> None:
+        victims = [node for node in self.nodes.values() if node.alive and node.machine == machine]
+        leader, replicas = self.controller.leader, set(self.controller.replicas)
+        roles = {
+            node.name: "leader" if node is leader else "replica" if node.name in replicas else "" for node in victims
+        }
+        self.note(f"crash machine {machine}: {', '.join(f'{name} {role}'.strip() for name, role in roles.items())}")
+        for node in victims:
+            node.crash()
+
     def new_node(self, role: str) -> Node:
         return self.node_named(f"{role}{next(self._names)}")
 
     def node_named(self, name: str, uid: str = "u") -> Node:
-        """A new process of this name (the real coordinator names its actors itself)."""
-        node = Node(self, name, uid)
+        """A new process of this name (the real coordinator names its actors itself), on
+        a machine chosen at random."""
+        node = Node(self, name, self.random.randrange(self.machines), uid)
         self.nodes[node.name] = node
         return node
 
@@ -213,9 +253,10 @@ class World:
 class Node:
     """One process: a leader's service, or a replica's state."""
 
-    def __init__(self, world: World, name: str, uid: str = "u") -> None:
+    def __init__(self, world: World, name: str, machine: int, uid: str = "u") -> None:
         self.world = world
         self.name = name
+        self.machine = machine
         self.alive = True
         self.replica = ReplicaState(name)
         self.service: PartitionService | None = None
@@ -232,6 +273,7 @@ class Node:
 
     def crash(self) -> None:
         self.alive = False
+        self.world.absorbed = False
         self._died.set()  # its callers' connections break
 
     async def run_blocking(self, call: Callable[..., T], *args: Any) -> T:
@@ -364,8 +406,8 @@ class SimLink:
         self._leader.check_alive()
         return recorded
 
-    def on_leader_node(self, replicas: list[str]) -> int:
-        return 0
+    def apart(self, replica: str) -> bool:
+        return self._world.nodes[replica].machine != self._leader.machine
 
 
 class Controller:
@@ -579,7 +621,7 @@ async def _chaos(world: World) -> None:
     controller = world.controller
     for _ in range(world.steps):
         await asyncio.sleep(world.random.uniform(0.05, 0.5))
-        actions = ["crash-leader", "crash-replica", "zombie", "outage", "calm", "calm"]
+        actions = ["crash-leader", "crash-replica", "crash-machine", "zombie", "outage", "calm", "calm"]
         if world.coordinator == "real":
             actions.append("crash-coordinator")
         action = world.random.choice(actions)
@@ -592,6 +634,10 @@ async def _chaos(world: World) -> None:
                 continue
             world.note(f"crash {victim}")
             world.nodes[victim].crash()
+        elif action == "crash-machine" and controller.leader is not None and world.may_lose_machine():
+            # Mostly the leader's: that is where a write is held in memory only.
+            leaders = world.random.random() < 0.7
+            world.crash_machine(controller.leader.machine if leaders else world.random.randrange(world.machines))
         elif (
             action == "zombie"
             and controller.leader is not None
@@ -620,6 +666,17 @@ async def _die_later(world: World, node: Node, after_s: float | None = None) -> 
     node.crash()
 
 
+async def _absorb(world: World) -> None:
+    """Mark a failure absorbed once the serving leader holds nothing unstored."""
+    while True:
+        await asyncio.sleep(0.02)
+        leader = world.controller.leader
+        if world.absorbed or leader is None or not leader.alive or leader.service is None or leader.service.fenced:
+            continue
+        held = leader.service.unstored()
+        world.absorbed = not held.segments and not held.deletes
+
+
 async def _play(world: World) -> None:
     controller = world.controller
     while controller.leader is None:
@@ -629,6 +686,7 @@ async def _play(world: World) -> None:
             await asyncio.sleep(0.1)
     await controller.top_up()
     world.spawn(controller.watch())
+    world.spawn(_absorb(world))
     producers = [Client(world, f"p{i}") for i in range(2)]
     consumers = [Client(world, f"c{i}") for i in range(2)]
     produced = [asyncio.ensure_future(p.produce(world.random.randint(10, 40))) for p in producers]

@@ -49,6 +49,8 @@ class Link:
         self.recorded: set[str] = set()
         self.lost_reports: list[list[str]] = []
         self.coordinator_answers = True
+        #: Replicas that run on the leader's node.
+        self.on_leader_node: set[str] = set()
 
     async def hold(self, replica: str, method: str, args: tuple[Any, ...]) -> None:
         if replica in self.failing:
@@ -69,8 +71,8 @@ class Link:
         self.recorded -= set(replicas)
         return self.coordinator_answers
 
-    def on_leader_node(self, replicas: list[str]) -> int:
-        return 0
+    def apart(self, replica: str) -> bool:
+        return replica not in self.on_leader_node
 
 
 async def replicated_leader(
@@ -327,6 +329,38 @@ def test_a_write_is_acknowledged_unstored_only_if_a_recorded_replica_holds_it():
         await replicas.attach(["r1"], HeldWrites)
         assert replicas.names() == ["r1"] and replicas.in_sync() == 0  # caught up, not recorded
         assert not await replicas.segment(_batch(0))  # held, but nobody may promote r1 yet
+
+    asyncio.run(scenario())
+
+
+def test_a_write_is_acknowledged_unstored_only_if_a_replica_on_another_node_holds_it(tmp_path):
+    # Found by chaos on S3 (replicas mode, seed 24): a promoted leader's one in-sync
+    # replica ran on its own node (the coordinator places a replica there when no other
+    # node is free). The leader acknowledged writes that it and that replica alone held;
+    # the node was removed and took both copies with it.
+    root = f"file://{tmp_path}"
+
+    async def scenario() -> None:
+        link = Link("r1", "r2")
+        link.on_leader_node = {"r1", "r2"}
+        leader = await replicated_leader(root, link, SlowSegmentStore)
+        assert leader._replicas is not None and leader._replicas.on_leader_node() == 2
+        sending = asyncio.ensure_future(leader.send(rows(REPLICATED, "m0"), dedup=False))
+        await asyncio.sleep(0.05)
+        assert not sending.done()  # both replicas hold m0, and both go with the leader's node
+        assert all(0 in replica.held.segments for replica in link.replicas.values())
+        leader._store.proceed.set()
+        await asyncio.wait_for(sending, 10)  # acknowledged once stored
+
+        link.on_leader_node = {"r1"}  # r2 runs elsewhere: its word suffices
+        assert leader._replicas.on_leader_node() == 1
+        leader._store.proceed.clear()
+        await asyncio.wait_for(leader.send(rows(REPLICATED, "m1"), dedup=False), 5)
+        assert 1 in leader.unstored().segments  # acknowledged while its store waits
+
+        successor = promote(root, REPLICATED, link.replicas["r2"].promote())  # the leader's node is gone
+        leader._store.proceed.set()
+        assert bodies(await successor.receive(10, 0.0, None)) == [b"m0", b"m1"]
 
     asyncio.run(scenario())
 

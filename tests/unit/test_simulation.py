@@ -49,6 +49,21 @@ def test_schedules_do_meet_the_faults_they_are_meant_to() -> None:
     assert all(outcome.acknowledged > 0 and outcome.deleted > 0 for outcome in outcomes)
 
 
+def test_whole_machines_crash_with_a_leader_and_its_replica_on_them() -> None:
+    # A replica on its leader's machine is no second copy: this is tested only if
+    # machines crash, in replicas mode, while a leader shares one with a replica.
+    outcomes = [run(seed) for seed in range(40)]
+    crashes = [
+        line
+        for outcome in outcomes
+        if outcome.durability == "replicas"
+        for line in outcome.log
+        if "crash machine" in line
+    ]
+    assert any(" leader" in line and " replica" in line for line in crashes)
+    assert any(" leader" in line and " replica" not in line for line in crashes)
+
+
 def test_heavier_faults_break_nothing_either() -> None:
     check(range(10_000, 10_000 + SHORT_SEEDS // 4), HEAVY)
 
