@@ -358,14 +358,16 @@ class Chaos:
         #: (partition, when) of every leader death the chaos caused.
         self.leader_deaths: list[tuple[int, float]] = []
         self.actions: list[str] = []
-        #: (when, action, partition) of every round.
-        self.timeline: list[tuple[float, str, int]] = []
+        #: (when, action, partition, where the partition's actors ran) of every round.
+        self.timeline: list[tuple[float, str, int, str]] = []
+        #: Node removals that took a leader together with a replica on its node.
+        self.shared_node_losses = 0
 
     def round(self) -> str:
         """Carry out one fault; return what was done (or why it was skipped)."""
         action = self.rng.choice(self.kinds)
         partition = self.rng.randrange(self.queue.config.partitions)
-        self.timeline.append((time.monotonic(), action, partition))
+        self.timeline.append((time.monotonic(), action, partition, self._placement(partition)))
         try:
             detail = getattr(self, action)(partition)
         except Exception as error:  # e.g. the target was mid-failover, or Ray's state API timed out
@@ -416,6 +418,15 @@ class Chaos:
                 return actor, [other for other in actors if other != actor]
         raise LookupError(f"partition {partition}'s leader is not among the live actors")
 
+    def _placement(self, partition: int) -> str:
+        """Where the partition's leader and replicas run (node ids cut to 6 characters)."""
+        try:
+            leader, replicas = self._leader(partition)
+        except Exception as error:  # mid-failover, say
+            return f"placement unknown ({type(error).__name__})"
+        nodes = ", ".join(replica.node_id[:6] for replica in replicas) or "none"
+        return f"leader on node {leader.node_id[:6]}, replicas on {nodes}"
+
     # ---------------------------------------------------------------- faults
 
     def kill_leader(self, partition: int) -> str:
@@ -454,15 +465,17 @@ class Chaos:
 
     def remove_node(self, partition: int) -> str:
         """Remove the worker node that hosts this partition's leader (or any worker), add a fresh one."""
-        leader, _ = self._leader(partition)
+        leader, replicas = self._leader(partition)
         workers = list(self.cluster.worker_nodes)
         victim = next((n for n in workers if n.node_id == leader.node_id), None) or self.rng.choice(workers)
+        sharing = sum(replica.node_id == victim.node_id for replica in replicas)
         if victim.node_id == leader.node_id:
             self.leader_deaths.append((partition, time.monotonic()))
+            self.shared_node_losses += sharing > 0
         self.cluster.remove_node(victim)
         self.cluster.add_node(num_cpus=1)
         where = "its leader's node" if victim.node_id == leader.node_id else "another node"
-        return f"partition {partition}, {where}"
+        return f"partition {partition}, {where}, with {sharing} of its {len(replicas)} replicas"
 
     def storage_outage(self, partition: int) -> str:
         seconds = round(self.interval * OUTAGE_SHARE, 2)
@@ -497,7 +510,7 @@ def median_and_worst(values: list[float]) -> tuple[float | None, float | None]:
     return round(statistics.median(values), 3), round(max(values), 3)
 
 
-def explain(ledger: Ledger, timeline: list[tuple[float, str, int]], started: float) -> None:
+def explain(ledger: Ledger, timeline: list[tuple[float, str, int, str]], started: float) -> None:
     """On stderr, among the faults: each lost message's acknowledgement, and each
     resurrected message's deliveries (call start, return, epoch, receipt) and delete."""
     with ledger.lock:
@@ -507,7 +520,7 @@ def explain(ledger: Ledger, timeline: list[tuple[float, str, int]], started: flo
             for m, ds in ledger.deliveries.items()
             if any(is_resurrection(d, ledger.deleted_at.get(m)) for d in ds[1:])
         ]
-        events = [(t, f"fault {action} on partition {p}") for t, action, p in timeline]
+        events = [(t, f"fault {action} on partition {p} ({where})") for t, action, p, where in timeline]
         events += [(at, f"LOST {m}, acknowledged by partition {p}") for at, m, p in lost[:20]]
         for message_id in resurrected[:20]:
             events.append((ledger.deleted_at[message_id], f"DELETE of {message_id} acknowledged"))
@@ -648,6 +661,7 @@ def run(
     resumed = send_resumed(ledger, chaos.leader_deaths)
     summary["send_resumed_median_s"], summary["send_resumed_worst_s"] = median_and_worst(resumed)
     summary["leader_deaths"] = len(chaos.leader_deaths)
+    summary["leader_node_losses_with_a_replica_on_it"] = chaos.shared_node_losses
     summary["longest_send_gap_s"] = {p: round(g, 3) for p, g in sorted(longest_gaps(ledger, started, ended).items())}
     summary["duration_s"] = round(time.monotonic() - started, 1)
 

@@ -150,6 +150,15 @@ class RayLauncher:
                 return ""
         return self._nodes[name]
 
+    def _where(self, name: str) -> str:
+        """The node an actor runs on; "" if unknown. One started with no node chosen (the
+        cluster had no other) is asked where it runs."""
+        if not self._nodes.get(name):
+            self._nodes.pop(name, None)
+            handle = self._get(name)
+            return self._node_of(name, handle) if handle is not None else ""
+        return self._nodes[name]
+
     def _actor(self, record: QueueRecord, partition: int, name: str, role: Role, node: str | None = None) -> Any:
         options: dict[str, Any] = dict(
             name=name,
@@ -243,6 +252,16 @@ class RayLauncher:
                 ray.get(actor.set_scaling.remote(retiring, partitions), timeout=defaults.PROBE_TIMEOUT_S)
         except Exception:  # a failing leader: failover, then the next route, tells its successor
             log.exception("could not tell %s its scaling state", leader)
+
+    def misplaced(self, placement: Placement) -> set[str]:
+        if placement.leader.startswith(SHARED_PREFIX):
+            return set()  # shared hosts are placed by Ray alone
+        nodes = {name: self._where(name) for name in (placement.leader, *placement.replicas)}
+        leader_node = nodes.pop(placement.leader)
+        sharing = {name for name, node in nodes.items() if node and node == leader_node}
+        if not leader_node or not sharing or _pick_node({leader_node, *nodes.values()}) is None:
+            return set()
+        return sharing
 
     def kill(self, name: str) -> None:
         """Stop one actor for good, without waiting (it may be dead already)."""

@@ -280,6 +280,11 @@ class PartitionLauncher(Protocol):
     def kill(self, name: str) -> None:
         """Stop one actor for good (it may be dead already). Never raises, never blocks long."""
 
+    def misplaced(self, placement: Placement) -> set[str]:
+        """Live replicas that share the leader's node while another live node could take
+        them. Such a replica would go with the leader's node, so it is no second copy
+        (the leader acknowledges nothing on its word alone); the health check moves it."""
+
     def stop(self, record: QueueRecord) -> None:
         """Stop every actor of the queue, for good."""
 
@@ -541,6 +546,11 @@ class Coordinator:
                     changed |= self._fail_over(name, partition, dead)
                 elif dead & set(placement.replicas) or len(placement.replicas) < record.config.replicas:
                     changed |= self._replace_replicas(name, partition, dead)
+                elif misplaced := self._launcher.misplaced(placement):
+                    # Dropping them from the in-sync set is safe: the leader acknowledged
+                    # nothing on their word alone (see ReplicaSet).
+                    log.info("queue %s partition %d: moving %s off the leader's node", name, partition, misplaced)
+                    changed |= self._replace_replicas(name, partition, misplaced)
             except Exception:  # this partition waits for the next check; the others go on
                 log.exception("queue %s partition %d: failover or repair failed", name, partition)
             partition += 1
@@ -644,8 +654,8 @@ class Coordinator:
         )
 
     def _replace_replicas(self, name: str, partition: int, dead: set[str]) -> bool:
-        """Drop dead replicas (from the ISR too: a dead actor's name must never be
-        promoted) and name new ones to make up the number; the caller starts them."""
+        """Drop dead (or misplaced) replicas, from the ISR too: a dead actor's name must
+        never be promoted. Name new ones to make up the number; the caller starts them."""
         gone: set[str] = set()
 
         def replace(record: QueueRecord, current: Placement) -> Placement:

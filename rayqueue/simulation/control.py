@@ -93,6 +93,19 @@ class SimLauncher:
 
         self._world.spawn(_die_later(self._world, node))  # Ray's kill lands, eventually
 
+    def misplaced(self, placement: Placement) -> set[str]:
+        """Replicas on the leader's machine, now and then (as if another machine had room
+        again); their replacements are placed at random, like every process here."""
+        nodes = self._world.nodes
+        leader = nodes.get(placement.leader)
+        if leader is None or not self._world.chance(0.2):
+            return set()
+        return {
+            name
+            for name in placement.replicas
+            if name in nodes and nodes[name].alive and nodes[name].machine == leader.machine
+        }
+
     def stop(self, record: QueueRecord) -> None:
         for placement in record.placements:
             for name in (placement.leader, *placement.replicas):

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from rayqueue.config import QueueConfig
-from rayqueue.control.coordinator import Coordinator, QueueRecord
+from rayqueue.control.coordinator import Coordinator, Placement, QueueRecord
 from rayqueue.errors import (
     CatalogContention,
     ObjectExists,
@@ -51,6 +51,8 @@ class FakeLauncher:
         self.promote_fails: dict[str, bool] = {}
         self.fence_fails: set[str] = set()
         self.on_fence: Callable[[str, int], None] | None = None
+        #: Replicas that share their leader's node while another node is free.
+        self.misplaced_actors: set[str] = set()
 
     def alive(self, name: str) -> bool:
         return name in self.running and name not in self.dead_actors
@@ -98,6 +100,9 @@ class FakeLauncher:
     def kill(self, name: str) -> None:
         self.killed.append(name)
         self.running.discard(name)
+
+    def misplaced(self, placement: Placement) -> set[str]:
+        return {name for name in placement.replicas if name in self.misplaced_actors and self.alive(name)}
 
     def stop(self, record: QueueRecord) -> None:
         self.stopped.append(record)
@@ -414,6 +419,29 @@ def test_health_check_replaces_a_dead_replica(storage_url):
     assert after.replicas[0] == before.replicas[1] and before.replicas[0] not in after.replicas
     assert len(after.replicas) == 2
     assert after.in_sync == (before.replicas[1],)  # a dead name is never promoted
+
+
+def test_a_replica_on_its_leaders_node_is_moved_once_another_node_is_free(storage_url):
+    # It goes with the leader's node, so the leader acknowledges nothing on its word
+    # alone: replicas mode would wait for storage for good unless it moves.
+    launcher = FakeLauncher()
+    coord = coordinator(storage_url, launcher)
+    coord.create_queue(config(replicas=2))
+    before = placement_of(coord)
+    report_in_sync(coord, *before.replicas)
+    before = placement_of(coord)
+    coord.check_health()
+    assert placement_of(coord) == before  # nothing misplaced: nothing moves
+
+    launcher.misplaced_actors.add(before.replicas[0])
+    coord.check_health()
+
+    after = placement_of(coord)
+    assert after.leader == before.leader
+    assert launcher.killed == [before.replicas[0]]
+    assert before.replicas[0] not in after.replicas and len(after.replicas) == 2
+    assert after.in_sync == (before.replicas[1],)  # the new one joins once caught up
+    assert launcher.alive(after.replicas[1])
 
 
 def test_replicas_out_of_sync_are_stopped_and_replaced(storage_url):
