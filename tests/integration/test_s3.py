@@ -6,10 +6,12 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
 import ray
+from ray.cluster_utils import Cluster
 
 import rayqueue
 from rayqueue.errors import PartitionUnavailable, StorageUnavailable
@@ -94,9 +96,18 @@ def test_storage_outage_fails_calls_clearly_and_loses_nothing(seaweed, ray_start
         ray.shutdown()
 
 
-def test_replicas_hold_what_an_outage_kept_from_storage_through_a_failover(seaweed, ray_starter):
+def test_replicas_hold_what_an_outage_kept_from_storage_through_a_failover(seaweed):
+    # The replica runs on another node than its leader (two nodes), so its word suffices.
     storage = seaweed.url(f"replicas-{uuid.uuid4().hex[:8]}")
-    start(ray_starter, seaweed, "s3-replicas")
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
+    cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    ray.init(
+        address=cluster.address,
+        namespace="s3-replicas",
+        log_to_driver=False,
+        runtime_env={"env_vars": seaweed.env_vars},
+    )
     try:
         client = rayqueue.connect(storage=storage, storage_options=s3_options(seaweed), namespace="s3-replicas")
         queue = client.create_queue("held", max_messages=1000, max_message_bytes=100, replicas=1, durability="replicas")
@@ -104,6 +115,7 @@ def test_replicas_hold_what_an_outage_kept_from_storage_through_a_failover(seawe
         # Sends are acknowledged before they are stored only once the coordinator has
         # recorded the replica as in sync (it may then be promoted).
         wait_for(lambda: queue.stats().partitions[0].replicas_in_sync == 1)
+        assert queue.stats().partitions[0].replicas_on_leader_node == 0
         seaweed.stop()
         try:
             # Acknowledged once the replica holds them; storage is down.
@@ -112,14 +124,51 @@ def test_replicas_hold_what_an_outage_kept_from_storage_through_a_failover(seawe
         finally:
             seaweed.start()
         queue.send(b"after")  # the replica takes over, stores what it held, and serves
-        bodies = []
-        while batch := queue.receive(100):
-            bodies += [m.body for m in batch]
-            queue.delete_batch([m.receipt for m in batch])
-        assert bodies == [b"stored"] + [f"held{i}".encode() for i in range(5)] + [b"after"]
+        assert drain(queue) == [b"stored"] + [f"held{i}".encode() for i in range(5)] + [b"after"]
         assert len(held) == 5
     finally:
         ray.shutdown()
+        cluster.shutdown()
+
+
+def test_a_replica_on_the_leaders_node_is_no_second_copy(seaweed, ray_starter):
+    # One node: the replica shares it with its leader and would go with it, so a send
+    # waits for storage, however long it is down, and is stored once acknowledged: the
+    # leader and the replica may then die together (as the node would) and lose nothing.
+    storage = seaweed.url(f"one-node-{uuid.uuid4().hex[:8]}")
+    start(ray_starter, seaweed, "s3-one-node")
+    try:
+        client = rayqueue.connect(storage=storage, storage_options=s3_options(seaweed), namespace="s3-one-node")
+        queue = client.create_queue(
+            "shared", max_messages=1000, max_message_bytes=100, replicas=1, durability="replicas"
+        )
+        queue.send(b"stored")
+        wait_for(lambda: queue.stats().partitions[0].replicas_in_sync == 1)
+        assert queue.stats().partitions[0].replicas_on_leader_node == 1
+        with ThreadPoolExecutor(1) as pool:
+            seaweed.stop()
+            try:
+                sending = pool.submit(queue.send, b"during the outage")
+                time.sleep(5)
+                assert not sending.done()  # the replica holds it; that is not enough
+            finally:
+                seaweed.start()
+            sending.result(timeout=120)
+        partition = [name for name in ray.util.list_named_actors() if name.startswith("rayqueue.shared.")]
+        assert len(partition) == 2  # the leader and its replica, as a lost node would take them
+        for name in partition:
+            ray.kill(ray.get_actor(name, namespace="s3-one-node"), no_restart=True)
+        assert drain(queue) == [b"stored", b"during the outage"]
+    finally:
+        ray.shutdown()
+
+
+def drain(queue: rayqueue.Queue) -> list[bytes]:
+    bodies = []
+    while batch := queue.receive(100):
+        bodies += [m.body for m in batch]
+        queue.delete_batch([m.receipt for m in batch])
+    return bodies
 
 
 def wait_for(condition: Callable[[], bool], timeout_s: float = 30.0) -> None:
