@@ -198,15 +198,23 @@ class DirectTransport:
             self.forget(actor)
             raise ChannelBroken(f"Ray reports actor {actor._actor_id.hex()} is not alive")
 
+    def _endpoint_unknown(self, actor: Any, bulky: bool) -> bool:
+        """Whether this call would go over the socket, whose endpoint is not known yet."""
+        return not self.through_ray(actor, bulky) and actor._actor_id not in self._endpoints
+
+    def _socket_for(self, actor: Any, bulky: bool) -> Endpoint | None:
+        """The endpoint this call goes to; None: through Ray."""
+        return None if self.through_ray(actor, bulky) else self._endpoints.get(actor._actor_id)
+
     # ------------------------------------------------------------ blocking calls
 
     def start(self, handle: Any, method: str, args: tuple[Any, ...], timeout_s: float, bulky: bool = False) -> Pending:
         """Send one call; its ``result`` waits for the reply."""
         actor, name = _address(handle)
         self._check_alive(actor)
-        if not self.through_ray(actor, bulky) and actor._actor_id not in self._endpoints:
+        if self._endpoint_unknown(actor, bulky):
             self.remember(actor, self.ray.start(actor, "wire_endpoint", ()).result(timeout_s))
-        endpoint = None if self.through_ray(actor, bulky) else self._endpoints.get(actor._actor_id)
+        endpoint = self._socket_for(actor, bulky)
         if endpoint is None:
             return self.ray.start(handle, method, args)
         try:
@@ -229,9 +237,9 @@ class DirectTransport:
         """One call from an event loop; the caller bounds its time."""
         actor, name = _address(handle)
         self._check_alive(actor)
-        if not self.through_ray(actor, bulky) and actor._actor_id not in self._endpoints:
+        if self._endpoint_unknown(actor, bulky):
             self.remember(actor, await self.ray.call(actor, "wire_endpoint", ()))
-        endpoint = None if self.through_ray(actor, bulky) else self._endpoints.get(actor._actor_id)
+        endpoint = self._socket_for(actor, bulky)
         if endpoint is None:
             return await self.ray.call(handle, method, args)
         pool = self._async_pools.setdefault(asyncio.get_running_loop(), AsyncPool())
