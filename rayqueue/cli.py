@@ -267,13 +267,15 @@ def describe(client: rayqueue.Client, args: argparse.Namespace) -> Result:
 
 
 def send(client: rayqueue.Client, args: argparse.Namespace) -> Result:
+    from rayqueue.client.rows import batches  # imports pyarrow: not before a command runs
+
     queue = client.get_queue(args.name)
     if not args.bodies and sys.stdin.isatty():
         print("reading message bodies from standard input, one per line (Ctrl-D ends)", file=sys.stderr)
     bodies = [body.encode() for body in args.bodies] if args.bodies else stdin_lines(sys.stdin.buffer)
     ids: list[str] = []
     try:
-        for chunk in chunks(bodies, args.batch):
+        for chunk in batches(bodies, args.batch):
             ids += queue.send_batch(chunk)
     except RayQueueError as error:
         error.add_note(f"{len(ids):,} messages were sent before it")
@@ -456,20 +458,6 @@ def stdin_lines(stream: BinaryIO) -> Iterator[bytes]:
         body = line.rstrip(b"\r\n")
         if body:
             yield body
-
-
-def chunks(bodies: Iterable[bytes], most: int) -> Iterator[list[bytes]]:
-    """Runs of at most ``most`` bodies and ``defaults.MAX_BATCH_BYTES`` bytes, in order."""
-    chunk: list[bytes] = []
-    size = 0
-    for body in bodies:
-        if chunk and (len(chunk) == most or size + len(body) > defaults.MAX_BATCH_BYTES):
-            yield chunk
-            chunk, size = [], 0
-        chunk.append(body)
-        size += len(body)
-    if chunk:
-        yield chunk
 
 
 def bench_candidates(script: Path | None) -> list[Path]:

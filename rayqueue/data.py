@@ -38,15 +38,15 @@ from ray.data.datasource import Datasource, ReadTask
 
 from rayqueue import defaults
 from rayqueue.client.queue import Queue
+from rayqueue.client.rows import batches
 from rayqueue.errors import InvalidArgument, RayQueueError
 from rayqueue.message import Message
 from rayqueue.validation import check, count, number
 
 #: Messages per send_batch from write_dataset, and per block read by read_dataset.
 BATCH_SIZE = 1000
-#: A rayqueue call takes at most 10,000 messages and 64 MiB of bodies.
+#: A rayqueue call takes at most 10,000 messages (and 64 MiB of bodies: see rows.batches).
 MAX_CALL_MESSAGES = defaults.MAX_BATCH_MESSAGES
-MAX_CALL_BYTES = defaults.MAX_BATCH_BYTES
 #: Receive tasks that read_dataset runs in parallel.
 READERS = 2
 #: How long a reader waits for its first message before it gives up.
@@ -115,30 +115,12 @@ class _Sender:
         try:
             if self.column not in batch.column_names:
                 raise InvalidArgument(f"the dataset has no column {self.column!r} (columns: {batch.column_names})")
-            for chunk in _chunks(batch.column(self.column).to_pylist(), self.batch_size):
+            for chunk in batches(batch.column(self.column).to_pylist(), self.batch_size):
                 self.queue.send_batch(chunk)
                 sent += len(chunk)
         except RayQueueError as error:
             return pa.table({"sent": [sent], "error": [pickle.dumps(error)]})
         return pa.table({"sent": [sent], "error": pa.array([None], pa.binary())})
-
-
-def _chunks(bodies: list[Any], most: int) -> Iterator[list[Any]]:
-    """Runs of at most ``most`` bodies and ``MAX_CALL_BYTES`` bytes, in order."""
-    chunk: list[Any] = []
-    size = 0
-    for body in bodies:
-        length = len(body.encode()) if isinstance(body, str) else len(body) if isinstance(body, bytes) else 0
-        if chunk and (len(chunk) == most or size + length > MAX_CALL_BYTES):
-            yield chunk
-            chunk, size = [], 0
-        chunk.append(body)
-        size += length
-    if chunk:
-        yield chunk
-
-
-# ------------------------------------------------------------------ reading
 
 
 def read_dataset(

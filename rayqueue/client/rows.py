@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple, TypeAlias
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any, NamedTuple, TypeAlias, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -20,6 +20,8 @@ from rayqueue.config import QueueConfig
 from rayqueue.errors import InvalidArgument, InvalidReceipt, MessageTooLarge, shown
 from rayqueue.message import RECEIPT_PATTERN, Message, decode_receipt, encode_receipt
 from rayqueue.schemas import SEND_SCHEMA
+
+B = TypeVar("B")
 
 Body = bytes | bytearray | memoryview | str
 
@@ -69,6 +71,22 @@ def as_bytes(body: object, index: int) -> bytes:
     if isinstance(body, (bytearray, memoryview)):
         return bytes(body)
     raise InvalidArgument(f"message {index}: body must be bytes or str, not {type(body).__name__}")
+
+
+def batches(bodies: Iterable[B], most: int) -> Iterator[list[B]]:
+    """Runs of at most ``most`` bodies and ``defaults.MAX_BATCH_BYTES`` bytes (text counted
+    as UTF-8), in order: each one a send_batch call may take."""
+    batch: list[B] = []
+    size = 0
+    for body in bodies:
+        length = len(body.encode()) if isinstance(body, str) else len(body) if isinstance(body, bytes) else 0
+        if batch and (len(batch) == most or size + length > defaults.MAX_BATCH_BYTES):
+            yield batch
+            batch, size = [], 0
+        batch.append(body)
+        size += length
+    if batch:
+        yield batch
 
 
 def check_text(what: str, value: object, limit: int, *, allow_empty: bool = False) -> str:

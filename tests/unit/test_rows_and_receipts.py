@@ -11,6 +11,7 @@ import pytest
 from rayqueue import defaults
 from rayqueue.client.rows import (
     IdSource,
+    batches,
     check_attributes,
     check_text,
     delivery_table,
@@ -425,3 +426,12 @@ def test_ids_from_threads_sharing_a_source_never_repeat():
         thread.join()
     every = [message_id for mine in taken for message_id in mine]
     assert len(every) == len(set(every)) == 4 * 200 * 112
+
+
+def test_batches_keep_order_and_stay_within_the_count_and_byte_limits(monkeypatch):
+    monkeypatch.setattr(defaults, "MAX_BATCH_BYTES", 10)
+    assert list(batches([b"a"] * 5, 2)) == [[b"a", b"a"], [b"a", b"a"], [b"a"]]
+    assert list(batches([b"12345", b"6789", b"ab", b"c"], 100)) == [[b"12345", b"6789"], [b"ab", b"c"]]
+    assert list(batches(["ééééé", "é"], 100)) == [["ééééé"], ["é"]]  # text counts as UTF-8: 10 + 2 bytes
+    assert list(batches([b"x" * 50, b"y"], 100)) == [[b"x" * 50], [b"y"]]  # a body alone may pass the limit
+    assert list(batches([], 3)) == []
