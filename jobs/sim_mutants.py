@@ -1,6 +1,6 @@
 """Does the simulation find the durability review's findings? Re-introduce each one and count.
 
-    python jobs/sim_mutants.py F1 200      # F1, F2, F3, F5 or shrink; schedules to play
+    python jobs/sim_mutants.py F1 200      # F1, F2, F3, F5, shrink or colocated; schedules to play
 
 Each mutant puts one hole the review found (or one the simulation found) back into the
 write path by patching the running modules, then plays schedules until they fail. A
@@ -61,7 +61,11 @@ def shrink():  # report a lost replica before its acknowledged writes are stored
     replication.ReplicaSet.stored = property(lambda self: nothing, lambda self, v: None)
 
 
-MUTANTS = {"F1": f1, "F2": f2, "F3": f3, "F5": f5, "shrink": shrink}
+def colocated():  # count a replica on the leader's node as a second copy (chaos, S3, seed 24)
+    replication.ReplicaSet._survives_the_leaders_node = lambda self: bool(self._recorded)
+
+
+MUTANTS = {"F1": f1, "F2": f2, "F3": f3, "F5": f5, "shrink": shrink, "colocated": colocated}
 name = sys.argv[1]
 MUTANTS[name]()
 found = []
