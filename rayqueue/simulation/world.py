@@ -133,8 +133,9 @@ class World:
         self.nodes: dict[str, Node] = {}
         #: How many machines the processes are spread over.
         self.machines = self.random.choice([2, 3])
-        #: No process has died since the serving leader last held nothing unstored: what
-        #: was acknowledged before the last failure is stored (see ``may_lose_machine``).
+        #: No failure (a crash injected, a live leader taken for dead) since the serving
+        #: leader last held nothing unstored: what was acknowledged before the last
+        #: failure is stored (see ``may_crash`` and ``may_lose_machine``).
         self.absorbed = True
         self._names = itertools.count()
         self.outage = False  # storage down for everyone
@@ -180,7 +181,7 @@ class World:
         if self.chance(self.faults.crash_in_storage) and self.may_crash(node):
             self.outcome.faults += 1
             self.note(f"{node.name} crashes inside a storage {operation}")
-            node.crash()
+            self.fail(node)
             node.check_alive()
         result = act()
         if self.chance(self.faults.storage_lost_reply):
@@ -191,7 +192,9 @@ class World:
     def may_crash(self, node: Node) -> bool:
         """With durability "replicas" a write may be acknowledged while only the leader and
         its in-sync replicas hold it: the guarantee is for one failure at a time, so the
-        last live one of them is never crashed (with durability "storage" any may be)."""
+        last live one of them is never crashed, unless no failure is under way (nothing
+        has died since everything acknowledged was stored: the crash is the first). With
+        durability "storage" any may be."""
         if self.config.durability != "replicas":
             return True
         controller = self.controller
@@ -206,7 +209,7 @@ class World:
             and not replacing
         ):
             keepers.add(leader.name)  # a fenced leader is on its way out
-        return bool(keepers - {node.name})
+        return bool(keepers - {node.name}) or (self.absorbed and not replacing)
 
     def may_lose_machine(self) -> bool:
         """Whether a whole machine may crash now. The guarantee is for one node's loss at
@@ -229,6 +232,11 @@ class World:
             and set(replicas) <= controller.in_sync
         )
 
+    def fail(self, node: Node) -> None:
+        """An injected crash: a failure (the coordinator's own kills are not)."""
+        self.absorbed = False
+        node.crash()
+
     def crash_machine(self, machine: int) -> None:
         victims = [node for node in self.nodes.values() if node.alive and node.machine == machine]
         leader, replicas = self.controller.leader, set(self.controller.replicas)
@@ -237,14 +245,16 @@ class World:
         }
         self.note(f"crash machine {machine}: {', '.join(f'{name} {role}'.strip() for name, role in roles.items())}")
         for node in victims:
-            node.crash()
+            self.fail(node)
 
     def new_node(self, role: str) -> Node:
         return self.node_named(f"{role}{next(self._names)}")
 
     def node_named(self, name: str, uid: str = "u") -> Node:
-        """A new process of this name (the real coordinator names its actors itself), on
-        a machine chosen at random."""
+        """A new process of this name (the real coordinator names its actors itself), on a
+        machine chosen at random: more often beside its leader than the coordinator
+        would place it, which finds more of what co-location breaks (11 of 200 seeds
+        catch the co-location mutant, against 1 with three replicas in four placed apart)."""
         node = Node(self, name, self.random.randrange(self.machines), uid)
         self.nodes[node.name] = node
         return node
@@ -273,7 +283,6 @@ class Node:
 
     def crash(self) -> None:
         self.alive = False
-        self.world.absorbed = False
         self._died.set()  # its callers' connections break
 
     async def run_blocking(self, call: Callable[..., T], *args: Any) -> T:
@@ -627,13 +636,13 @@ async def _chaos(world: World) -> None:
         action = world.random.choice(actions)
         if action == "crash-leader" and controller.leader is not None and world.may_crash(controller.leader):
             world.note(f"crash {controller.leader.name}")
-            controller.leader.crash()
+            world.fail(controller.leader)
         elif action == "crash-replica" and controller.replicas:
             victim = world.random.choice(controller.replicas)
             if not world.may_crash(world.nodes[victim]):
                 continue
             world.note(f"crash {victim}")
-            world.nodes[victim].crash()
+            world.fail(world.nodes[victim])
         elif action == "crash-machine" and controller.leader is not None and world.may_lose_machine():
             # Mostly the leader's: that is where a write is held in memory only.
             leaders = world.random.random() < 0.7
@@ -645,6 +654,7 @@ async def _chaos(world: World) -> None:
             and world.may_crash(controller.leader)
         ):
             zombie = controller.leader
+            world.absorbed = False  # a failure, though nothing died
             controller.fail_over(f"false suspicion of {zombie.name}")
             if controller.leader is not zombie:  # replaced: Ray's kill lands, eventually
                 world.spawn(_die_later(world, zombie))
