@@ -192,8 +192,8 @@ class World:
     def may_crash(self, node: Node) -> bool:
         """With durability "replicas" a write may be acknowledged while only the leader and
         its in-sync replicas hold it: the guarantee is for one failure at a time, so the
-        last live one of them is never crashed, unless no failure is under way (nothing
-        has died since everything acknowledged was stored: the crash is the first). With
+        last live one of them is never crashed, unless no failure is under way (none was
+        injected since everything acknowledged was stored: this crash is the first). With
         durability "storage" any may be."""
         if self.config.durability != "replicas":
             return True
@@ -215,7 +215,7 @@ class World:
         """Whether a whole machine may crash now. The guarantee is for one node's loss at
         a time: with durability "replicas" a machine crashes only while no other failure
         is still under way (a serving leader, every replica it should have alive and
-        recorded in sync, and what was acknowledged before the last process died since
+        recorded in sync, and what was acknowledged before the last failure since
         stored), whatever the processes on it; with durability "storage" at any time."""
         if self.config.durability != "replicas":
             return True
