@@ -3,11 +3,10 @@ leader's node (no other node was there) moves once another node joins."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-
 import ray
 from ray.cluster_utils import Cluster
+from support.queues import drain_bodies
+from support.waiting import wait_for
 
 import rayqueue
 
@@ -21,20 +20,16 @@ def test_a_replica_on_its_leaders_node_moves_once_another_node_joins(tmp_path):
         client = rayqueue.connect(storage=f"file://{tmp_path}", namespace="placement")
         queue = client.create_queue("grows", max_messages=100, max_message_bytes=100, replicas=1, durability="replicas")
         sent = [queue.send(b"alone")]
-        wait_for(lambda: queue.stats().partitions[0].replicas_in_sync == 1)
+        assert wait_for(lambda: queue.stats().partitions[0].replicas_in_sync == 1, 60, 0.2)
         assert queue.stats().partitions[0].replicas_on_leader_node == 1
 
         cluster.add_node(num_cpus=1)
         cluster.wait_for_nodes()
         sent += [queue.send(f"m{i}".encode()) for i in range(20)]  # sends go on while it moves
-        wait_for(lambda: placed_apart(queue))
+        assert wait_for(lambda: placed_apart(queue), 60, 0.2)
 
         sent.append(queue.send(b"apart"))
-        bodies = []
-        while batch := queue.receive(100):
-            bodies += [m.body for m in batch]
-            queue.delete_batch([m.receipt for m in batch])
-        assert bodies == [b"alone"] + [f"m{i}".encode() for i in range(20)] + [b"apart"]
+        assert drain_bodies(queue) == [b"alone"] + [f"m{i}".encode() for i in range(20)] + [b"apart"]
         assert len(set(sent)) == 22
     finally:
         ray.shutdown()
@@ -44,10 +39,3 @@ def test_a_replica_on_its_leaders_node_moves_once_another_node_joins(tmp_path):
 def placed_apart(queue: rayqueue.Queue) -> bool:
     (partition,) = queue.stats().partitions
     return partition.replicas_in_sync == 1 and partition.replicas_on_leader_node == 0
-
-
-def wait_for(condition: Callable[[], bool], timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.2)

@@ -14,6 +14,7 @@ import pytest
 import ray
 from ray.cluster_utils import Cluster
 from ray.exceptions import RayTaskError
+from support.queues import drain_bodies
 from support.waiting import kill_and_wait
 
 import rayqueue
@@ -39,14 +40,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Cluster,
 def new_queue(client: rayqueue.Client, **settings: Any) -> rayqueue.Queue:
     settings = {"max_messages": 10_000, "max_message_bytes": 1000, "replicas": 2, **settings}
     return client.create_queue(f"q-{uuid.uuid4().hex[:8]}", **settings)
-
-
-def drain(queue: rayqueue.Queue) -> list[bytes]:
-    bodies = []
-    while batch := queue.receive(100):
-        bodies += [m.body for m in batch]
-        queue.delete_batch([m.receipt for m in batch])
-    return bodies
 
 
 def leader(queue: rayqueue.Queue, partition: int = 0) -> Any:
@@ -77,7 +70,7 @@ def test_killed_leader_is_replaced_and_nothing_acknowledged_is_lost(cluster, dur
     kill_and_wait(leader(queue))
 
     queue.send(b"after")  # reaches the promoted replica through a fresh route
-    assert drain(queue) == sent + [b"after"]
+    assert drain_bodies(queue) == sent + [b"after"]
     assert len(failovers()) == count + 1
     stats = queue.stats().partitions[0]
     assert stats.visible == stats.in_flight == 0
@@ -90,7 +83,7 @@ def test_killed_worker_process_of_a_leader_fails_over(cluster):
     pid = ray.get(leader(queue).__ray_call__.remote(lambda self: os.getpid()))
     os.kill(pid, signal.SIGKILL)
     queue.send(b"c")
-    assert drain(queue) == [b"a", b"b", b"c"]
+    assert drain_bodies(queue) == [b"a", b"b", b"c"]
 
 
 def test_removed_node_fails_over_its_leaders(cluster):
@@ -107,7 +100,7 @@ def test_removed_node_fails_over_its_leaders(cluster):
     ray_cluster.remove_node(nodes[victim])
     try:
         queue.send_batch([f"after{i}" for i in range(40)])
-        bodies = drain(queue)
+        bodies = drain_bodies(queue)
         assert sorted(bodies) == sorted(
             [f"before{i}".encode() for i in range(40)] + [f"after{i}".encode() for i in range(40)]
         )
@@ -129,7 +122,7 @@ def test_killed_replica_is_replaced(cluster):
             break
         time.sleep(0.2)
     assert len(in_sync) == 2 and name not in in_sync
-    assert drain(queue) == [b"x"]
+    assert drain_bodies(queue) == [b"x"]
 
 
 def test_a_replaced_leader_that_still_runs_acknowledges_nothing(cluster):

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
 import ray
 from ray.cluster_utils import Cluster
+from support.queues import drain_bodies
+from support.waiting import wait_for
 
 import rayqueue
 from rayqueue.errors import PartitionUnavailable, StorageUnavailable
@@ -114,7 +115,7 @@ def test_replicas_hold_what_an_outage_kept_from_storage_through_a_failover(seawe
         queue.send(b"stored")
         # Sends are acknowledged before they are stored only once the coordinator has
         # recorded the replica as in sync (it may then be promoted).
-        wait_for(lambda: queue.stats().partitions[0].replicas_in_sync == 1)
+        assert wait_for(lambda: queue.stats().partitions[0].replicas_in_sync == 1, 30, 0.1)
         assert queue.stats().partitions[0].replicas_on_leader_node == 0
         seaweed.stop()
         try:
@@ -124,7 +125,7 @@ def test_replicas_hold_what_an_outage_kept_from_storage_through_a_failover(seawe
         finally:
             seaweed.start()
         queue.send(b"after")  # the replica takes over, stores what it held, and serves
-        assert drain(queue) == [b"stored"] + [f"held{i}".encode() for i in range(5)] + [b"after"]
+        assert drain_bodies(queue) == [b"stored"] + [f"held{i}".encode() for i in range(5)] + [b"after"]
         assert len(held) == 5
     finally:
         ray.shutdown()
@@ -143,7 +144,7 @@ def test_a_replica_on_the_leaders_node_is_no_second_copy(seaweed, ray_starter):
             "shared", max_messages=1000, max_message_bytes=100, replicas=1, durability="replicas"
         )
         queue.send(b"stored")
-        wait_for(lambda: queue.stats().partitions[0].replicas_in_sync == 1)
+        assert wait_for(lambda: queue.stats().partitions[0].replicas_in_sync == 1, 30, 0.1)
         assert queue.stats().partitions[0].replicas_on_leader_node == 1
         with ThreadPoolExecutor(1) as pool:
             seaweed.stop()
@@ -158,21 +159,6 @@ def test_a_replica_on_the_leaders_node_is_no_second_copy(seaweed, ray_starter):
         assert len(partition) == 2  # the leader and its replica, as a lost node would take them
         for name in partition:
             ray.kill(ray.get_actor(name, namespace="s3-one-node"), no_restart=True)
-        assert drain(queue) == [b"stored", b"during the outage"]
+        assert drain_bodies(queue) == [b"stored", b"during the outage"]
     finally:
         ray.shutdown()
-
-
-def drain(queue: rayqueue.Queue) -> list[bytes]:
-    bodies = []
-    while batch := queue.receive(100):
-        bodies += [m.body for m in batch]
-        queue.delete_batch([m.receipt for m in batch])
-    return bodies
-
-
-def wait_for(condition: Callable[[], bool], timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.1)
