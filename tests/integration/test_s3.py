@@ -151,7 +151,8 @@ def test_a_replica_on_the_leaders_node_is_no_second_copy(seaweed, ray_starter):
             try:
                 sending = pool.submit(queue.send, b"during the outage")
                 time.sleep(5)
-                assert not sending.done()  # the replica holds it; that is not enough
+                # The replica holds it; that is not enough. If it is done, say how it ended.
+                assert not sending.done(), sending.exception() or f"acknowledged as {sending.result()}"
             finally:
                 seaweed.start()
             sending.result(timeout=120)
