@@ -125,9 +125,10 @@ class Queue:
 
         Over several partitions, one that fails is skipped, not waited for: the
         messages already taken from others come back at once (their visibility
-        timeout runs). Only when every partition fails does it wait, holding
-        nothing, as a single-partition receive does (``PartitionUnavailable`` after
-        ``defaults.PARTITION_RETRY_S``)."""
+        timeout runs). Only when the others had nothing does it wait for the failed
+        ones, one after the other and holding nothing, as a single-partition receive
+        does (``PartitionUnavailable`` once one has failed for
+        ``defaults.PARTITION_RETRY_S``): it answers empty only when all answered."""
         return drivers.run(self._target, self._messages(self._receive_plan(max_messages, wait_s, visibility_timeout_s)))
 
     async def receive_async(
@@ -292,12 +293,25 @@ class Queue:
         if deliveries or (wait_s <= 0 and not failed):
             return deliveries
         if wait_s <= 0:
-            # Nothing is held and a partition failed (it may hold the only messages left):
-            # wait for it as a single-partition receive does, rather than answer "empty"
-            # (it raises PartitionUnavailable in the end).
-            (delivery,) = yield from steps.gather([steps.receive(failed[0], max_messages, 0.0, visibility_s)])
-            return [(failed[0], delivery)] if delivery.num_rows else []
+            return (yield from self._wait_for_failed(failed, max_messages, visibility_s))
         return (yield from self._long_poll(max_messages, wait_s, visibility_s))
+
+    def _wait_for_failed(
+        self, failed: list[int], max_messages: int, visibility_s: float | None
+    ) -> Plan[list[tuple[int, pa.Table]]]:
+        """Nothing is held, and these partitions failed: any of them may hold the only
+        messages left, so "empty" would be a lie (a drain loop would stop early). Wait
+        for each in turn, as a single-partition receive does, until one delivers; only
+        if every one of them answers empty is the answer empty. One whose retries run
+        out raises ``PartitionUnavailable`` at once: the wait stays bounded."""
+        for partition in failed:
+            try:
+                (delivery,) = yield from steps.gather([steps.receive(partition, max_messages, 0.0, visibility_s)])
+            except PartitionRetired:
+                continue  # drained and gone since: it holds nothing
+            if delivery.num_rows:
+                return [(partition, delivery)]
+        return []
 
     def _receive_each(
         self, order: list[int], max_messages: int, visibility_s: float | None
