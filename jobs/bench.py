@@ -27,8 +27,9 @@ rayqueue runs with ``durability="storage"`` and with ``durability="replicas"``
 (one replica); by default on ``file://`` storage in a temporary directory that
 the job deletes at the end. On a one-node cluster the replica shares its leader's
 node, so replicas mode acknowledges a send once it is stored too (a replica there
-is no second copy): its figures then show what the replica costs, not what it saves. ray.util.queue keeps items in one actor's memory
-with no acknowledgement; its actor is started before any clock. Each ratio is
+is no second copy): its figures then show what the replica costs, not what it
+saves. ray.util.queue keeps items in one actor's memory with no acknowledgement;
+its actor is started before any clock. Each ratio is
 rayqueue / ray.util.queue measured in the same run: above 1 rayqueue moves more
 messages, and for latencies below 1 it is faster. Figures on a shared machine vary
 from run to run; the ratios are the comparison.

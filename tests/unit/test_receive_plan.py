@@ -127,7 +127,8 @@ def test_every_failing_partition_is_waited_for_before_the_answer_is_empty():
     partitions = Partitions({0: 0, 1: 0, 2: 5}, recovering={1, 2})
 
     assert received(drive(queue_of(3)._receive_plan(10, 0.0, None), partitions)) == {2: 5}
-    assert [(c.partition, c.once) for c in partitions.calls] == [(0, True), (1, True), (2, True), (1, False), (2, False)]
+    calls = [(c.partition, c.once) for c in partitions.calls]
+    assert calls == [(0, True), (1, True), (2, True), (1, False), (2, False)]
 
 
 def test_failed_partitions_that_all_come_back_empty_answer_empty():
