@@ -45,7 +45,8 @@ from rayqueue.partition.replication import ReplicaSet, ReplicaState
 from rayqueue.partition.service import PartitionService
 from rayqueue.simulation.clock import Stuck, VirtualClock, virtual_loop
 from rayqueue.simulation.control import CoordinatorControl
-from rayqueue.storage import ObjectStore, PartitionStore
+from rayqueue.storage import ObjectStore, PartitionStore, format
+from rayqueue.storage.partition_store import partition_prefix
 
 T = TypeVar("T")
 
@@ -207,9 +208,19 @@ class World:
             and leader.service is not None
             and not leader.service.fenced
             and not replacing
+            and not self.superseded(leader)
         ):
             keepers.add(leader.name)  # a fenced leader is on its way out
         return bool(keepers - {node.name}) or (self.absorbed and not replacing)
+
+    def superseded(self, leader: Node) -> bool:
+        """Whether storage holds a newer epoch's claim than ``leader``'s: a promotion that
+        claimed and then failed leaves one. The leader finds it at its next write and
+        stops, so it keeps nothing it has not stored yet, though it still serves. Looked
+        up past the fault hook: this is the world's knowledge, not the leader's."""
+        assert leader.service is not None
+        claim = f"{partition_prefix('q', leader.uid, 0)}/{format.claim_name(leader.service.epoch + 1)}"
+        return ObjectStore.exists(leader.root_store, claim)
 
     def may_lose_machine(self) -> bool:
         """Whether a whole machine may crash now. The guarantee is for one node's loss at
@@ -267,6 +278,7 @@ class Node:
         self.world = world
         self.name = name
         self.machine = machine
+        self.uid = uid
         self.alive = True
         self.replica = ReplicaState(name)
         self.service: PartitionService | None = None

@@ -13,8 +13,9 @@ import os
 
 import pytest
 
+from rayqueue.config import QueueConfig
 from rayqueue.simulation import run
-from rayqueue.simulation.world import HEAVY, Faults, Outcome
+from rayqueue.simulation.world import HEAVY, Faults, Outcome, World
 
 #: Schedules per CI run, and per long run.
 SHORT_SEEDS = int(os.environ.get("RAYQUEUE_SIM_SEEDS", "160"))
@@ -62,6 +63,32 @@ def test_whole_machines_crash_with_a_leader_and_its_replica_on_them() -> None:
     ]
     assert any(" leader" in line and " replica" in line for line in crashes)
     assert any(" leader" in line and " replica" not in line for line in crashes)
+
+
+def test_a_leader_superseded_on_storage_keeps_nothing_unstored() -> None:
+    # Seed 510990 lost a message so: a false suspicion's promotion claimed a new epoch,
+    # then failed; the old leader, still serving, counted as a keeper of its unstored
+    # write, so the world crashed the one replica holding it: a second failure while the
+    # first was under way. The old leader could never store the write: its next put
+    # found the claim, and the fence a successor reads leaves that put out.
+    world = World(1, Faults(), steps=10)
+    world.config = QueueConfig.build(
+        name="q", max_messages=100, max_message_bytes=100, durability="replicas", replicas=1
+    )
+    world.calm = True  # no storage faults while the scene is set
+    leader, replica = world.new_node("leader"), world.new_node("replica")
+    leader.lead()
+    controller = world.controller
+    controller.leader, controller.replicas, controller.in_sync = leader, [replica.name], {replica.name}
+    world.absorbed = False  # a failure is under way
+
+    assert world.may_crash(replica)  # the serving leader holds what the replica holds
+
+    world.new_node("leader").store.take_over()  # a promotion's claim (the rest of it may fail)
+
+    assert world.superseded(leader)
+    assert not world.may_crash(replica)
+    assert world.may_crash(leader)
 
 
 def test_heavier_faults_break_nothing_either() -> None:
