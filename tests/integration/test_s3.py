@@ -12,7 +12,7 @@ import pytest
 import ray
 from ray.cluster_utils import Cluster
 from support.queues import drain_bodies
-from support.waiting import wait_for
+from support.waiting import kill_and_wait, wait_for
 
 import rayqueue
 from rayqueue.errors import PartitionUnavailable, StorageUnavailable
@@ -121,7 +121,7 @@ def test_replicas_hold_what_an_outage_kept_from_storage_through_a_failover(seawe
         try:
             # Acknowledged once the replica holds them; storage is down.
             held = queue.send_batch([f"held{i}" for i in range(5)])
-            ray.kill(queue._target.route.partitions[0], no_restart=True)
+            kill_and_wait(queue._target.route.partitions[0])
         finally:
             seaweed.start()
         queue.send(b"after")  # the replica takes over, stores what it held, and serves
@@ -158,8 +158,9 @@ def test_a_replica_on_the_leaders_node_is_no_second_copy(seaweed, ray_starter):
             sending.result(timeout=120)
         partition = [name for name in ray.util.list_named_actors() if name.startswith("rayqueue.shared.")]
         assert len(partition) == 2  # the leader and its replica, as a lost node would take them
-        for name in partition:
-            ray.kill(ray.get_actor(name, namespace="s3-one-node"), no_restart=True)
+        # Both at once, and dead before the drain: a dying leader still answers its socket
+        # for a few milliseconds, and its successor refuses the receipts it handed out.
+        kill_and_wait(*(ray.get_actor(name, namespace="s3-one-node") for name in partition))
         assert drain_bodies(queue) == [b"stored", b"during the outage"]
     finally:
         ray.shutdown()

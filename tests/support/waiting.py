@@ -20,17 +20,20 @@ def wait_for(predicate: Callable[[], bool], timeout_s: float, interval_s: float 
     return False
 
 
-def kill_and_wait(actor: Any, timeout_s: float = 10.0, *, no_restart: bool = True) -> None:
-    """``ray.kill`` an actor and return once its process has exited (Ray may start a new one).
+def kill_and_wait(*actors: Any, timeout_s: float = 10.0, no_restart: bool = True) -> None:
+    """``ray.kill`` these actors together and return once their processes have exited
+    (Ray may start new ones).
 
-    The kill is asynchronous: for a few tens of milliseconds the process still
-    serves calls that do not go through Ray (the direct channel). A test about
-    what happens *after* a death must not race it.
+    The kill is asynchronous: for a few tens of milliseconds a process still serves
+    calls that do not go through Ray (the direct channel). A test about what happens
+    *after* a death must not race it.
     """
-    pid = ray.get(actor.__ray_call__.remote(lambda self: os.getpid()))
-    ray.kill(actor, no_restart=no_restart)
-    if not wait_for(lambda: not _running(pid), timeout_s, interval_s=0.01):
-        raise AssertionError(f"process {pid} still runs {timeout_s} s after ray.kill")
+    pids = [ray.get(actor.__ray_call__.remote(lambda self: os.getpid())) for actor in actors]
+    for actor in actors:
+        ray.kill(actor, no_restart=no_restart)
+    for pid in pids:
+        if not wait_for(lambda pid=pid: not _running(pid), timeout_s, interval_s=0.01):
+            raise AssertionError(f"process {pid} still runs {timeout_s} s after ray.kill")
 
 
 def _running(pid: int) -> bool:
