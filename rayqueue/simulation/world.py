@@ -213,6 +213,19 @@ class World:
             keepers.add(leader.name)  # a fenced leader is on its way out
         return bool(keepers - {node.name}) or (self.absorbed and not replacing)
 
+    def nothing_at_risk(self) -> bool:
+        """Whether the serving leader holds nothing unstored, so that the last failure is
+        absorbed. Not while it is superseded: what it stores after the newer claim is
+        fenced out, so "stored" does not mean kept (seed 531117 lost a write so), and the
+        failure that claimed is under way until the leader is replaced."""
+        leader = self.controller.leader
+        if leader is None or not leader.alive or leader.service is None or leader.service.fenced:
+            return False
+        if self.superseded(leader):
+            return False
+        held = leader.service.unstored()
+        return not held.segments and not held.deletes
+
     def superseded(self, leader: Node) -> bool:
         """Whether storage holds a newer epoch's claim than ``leader``'s: a promotion that
         claimed and then failed leaves one. The leader finds it at its next write and
@@ -689,14 +702,11 @@ async def _die_later(world: World, node: Node, after_s: float | None = None) -> 
 
 
 async def _absorb(world: World) -> None:
-    """Mark a failure absorbed once the serving leader holds nothing unstored."""
+    """Mark a failure absorbed once it is (see ``World.nothing_at_risk``)."""
     while True:
         await asyncio.sleep(0.02)
-        leader = world.controller.leader
-        if world.absorbed or leader is None or not leader.alive or leader.service is None or leader.service.fenced:
-            continue
-        held = leader.service.unstored()
-        world.absorbed = not held.segments and not held.deletes
+        if not world.absorbed:
+            world.absorbed = world.nothing_at_risk()
 
 
 async def _play(world: World) -> None:

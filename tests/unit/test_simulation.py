@@ -65,7 +65,7 @@ def test_whole_machines_crash_with_a_leader_and_its_replica_on_them() -> None:
     assert any(" leader" in line and " replica" not in line for line in crashes)
 
 
-def test_a_leader_superseded_on_storage_keeps_nothing_unstored() -> None:
+def test_a_leader_superseded_on_storage_keeps_nothing() -> None:
     # Seed 510990 lost a message so: a false suspicion's promotion claimed a new epoch,
     # then failed; the old leader, still serving, counted as a keeper of its unstored
     # write, so the world crashed the one replica holding it: a second failure while the
@@ -83,12 +83,16 @@ def test_a_leader_superseded_on_storage_keeps_nothing_unstored() -> None:
     world.absorbed = False  # a failure is under way
 
     assert world.may_crash(replica)  # the serving leader holds what the replica holds
+    assert world.nothing_at_risk()  # it holds nothing unstored
 
     world.new_node("leader").store.take_over()  # a promotion's claim (the rest of it may fail)
 
     assert world.superseded(leader)
     assert not world.may_crash(replica)
     assert world.may_crash(leader)
+    # Nor is the failure absorbed while it serves: what it stores now is fenced out
+    # (seed 531117 lost a write so, once the rule above was in place).
+    assert not world.nothing_at_risk()
 
 
 def test_heavier_faults_break_nothing_either() -> None:
