@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import ray
 from ray.cluster_utils import Cluster
-from support.queues import drain_bodies
+from support.queues import drain_bodies, wait_in_sync
 from support.waiting import wait_for
 
 import rayqueue
@@ -20,7 +20,7 @@ def test_a_replica_on_its_leaders_node_moves_once_another_node_joins(tmp_path):
         client = rayqueue.connect(storage=f"file://{tmp_path}", namespace="placement")
         queue = client.create_queue("grows", max_messages=100, max_message_bytes=100, replicas=1, durability="replicas")
         sent = [queue.send(b"alone")]
-        assert wait_for(lambda: queue.stats().partitions[0].replicas_in_sync == 1, 60, 0.2)
+        wait_in_sync(queue, 1)
         assert queue.stats().partitions[0].replicas_on_leader_node == 1
 
         cluster.add_node(num_cpus=1)

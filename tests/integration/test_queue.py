@@ -11,6 +11,7 @@ import time
 
 import pytest
 import ray
+from support.queues import wait_in_sync
 
 import rayqueue
 from rayqueue.errors import (
@@ -370,9 +371,8 @@ def test_async_twins_in_driver_event_loop(queue):
 
 def test_on_one_node_replicas_share_it_and_stats_say_so(client, queue_name):
     queue = client.create_queue(queue_name, max_messages=10, max_message_bytes=100, replicas=1)
-    (partition,) = queue.stats().partitions
-    assert partition.replicas_in_sync == 1
-    assert partition.replicas_on_leader_node == 1
+    wait_in_sync(queue, 1)
+    assert queue.stats().partitions[0].replicas_on_leader_node == 1
 
 
 def test_durability_replicas_needs_a_replica(client, queue_name):

@@ -14,7 +14,7 @@ import pytest
 import ray
 from ray.cluster_utils import Cluster
 from ray.exceptions import RayTaskError
-from support.queues import drain_bodies
+from support.queues import drain_bodies, wait_in_sync
 from support.waiting import kill_and_wait
 
 import rayqueue
@@ -38,8 +38,11 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Cluster,
 
 
 def new_queue(client: rayqueue.Client, **settings: Any) -> rayqueue.Queue:
+    """A queue whose replicas are all in sync (the tests below start from there)."""
     settings = {"max_messages": 10_000, "max_message_bytes": 1000, "replicas": 2, **settings}
-    return client.create_queue(f"q-{uuid.uuid4().hex[:8]}", **settings)
+    queue = client.create_queue(f"q-{uuid.uuid4().hex[:8]}", **settings)
+    wait_in_sync(queue, settings["replicas"])
+    return queue
 
 
 def leader(queue: rayqueue.Queue, partition: int = 0) -> Any:

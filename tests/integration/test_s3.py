@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 import ray
 from ray.cluster_utils import Cluster
-from support.queues import drain_bodies
-from support.waiting import kill_and_wait, wait_for
+from support.queues import drain_bodies, wait_in_sync
+from support.waiting import kill_and_wait
 
 import rayqueue
 from rayqueue.errors import PartitionUnavailable, StorageUnavailable
@@ -115,7 +115,7 @@ def test_replicas_hold_what_an_outage_kept_from_storage_through_a_failover(seawe
         queue.send(b"stored")
         # Sends are acknowledged before they are stored only once the coordinator has
         # recorded the replica as in sync (it may then be promoted).
-        assert wait_for(lambda: queue.stats().partitions[0].replicas_in_sync == 1, 30, 0.1)
+        wait_in_sync(queue, 1)
         assert queue.stats().partitions[0].replicas_on_leader_node == 0
         seaweed.stop()
         try:
@@ -144,7 +144,7 @@ def test_a_replica_on_the_leaders_node_is_no_second_copy(seaweed, ray_starter):
             "shared", max_messages=1000, max_message_bytes=100, replicas=1, durability="replicas"
         )
         queue.send(b"stored")
-        assert wait_for(lambda: queue.stats().partitions[0].replicas_in_sync == 1, 30, 0.1)
+        wait_in_sync(queue, 1)
         assert queue.stats().partitions[0].replicas_on_leader_node == 1
         with ThreadPoolExecutor(1) as pool:
             seaweed.stop()
