@@ -558,11 +558,11 @@ class Coordinator:
 
     def _fail_over(self, name: str, partition: int, dead: set[str]) -> bool:
         """If the partition's current leader is in ``dead``: promote a live promotable
-        replica under a new epoch (the next one if a candidate dies meanwhile), kill
-        the old leader, fence every other live replica with that epoch, and only then
-        persist the new placement. With no candidate left, the old leader is killed and
-        a new one is started from storage (by the next ``route``). True if the
-        placement changed.
+        replica under a new epoch (the next one if a candidate dies meanwhile), fence
+        every other live replica with that epoch, and only then persist the new
+        placement; once it is persisted, kill the old leader. With no candidate left, a
+        new leader is started from storage (by the next ``route``) and the old one
+        killed. True if the placement changed.
 
         Raises PartitionUnavailable, with nothing changed, if a live candidate could not
         be promoted (the old leader is left as it was: if only suspected, it serves on),
@@ -576,11 +576,6 @@ class Coordinator:
         started = time.monotonic()
         dropped = set(dead)
         promoted, epoch = self._promote_one(record, partition, old, dropped)
-        # Only now, with a successor chosen, is the old leader stopped (a false "dead"
-        # verdict must not leave a second leader running). Its successor's epoch fences it
-        # already. Killed before a promotion that then failed, a leader that was only
-        # suspected would take the writes it holds with it, and leave none serving.
-        self._launcher.kill(old.leader)
         if promoted is None:
             new = self._fresh_leader(record, partition, old, dropped)
         else:
@@ -589,6 +584,13 @@ class Coordinator:
             new = dataclasses.replace(without, leader=promoted)
         if not self._update_placement(name, partition, lambda _record, current: new if current == old else None):
             raise PartitionUnavailable(name, partition, "its placement changed during the failover")
+        # Only now, with a successor recorded, is the old leader stopped (a false "dead"
+        # verdict must not leave a second leader running; a promoted successor's epoch
+        # fences it already). Killed before a failover that then failed, a leader that was
+        # only suspected would stay recorded as the leader while its kill is on its way:
+        # it serves on, may take a replica's word for writes, and takes them with it
+        # (the real-coordinator simulation, seed 540222: the catalog update lost a race).
+        self._launcher.kill(old.leader)
         for replica in dropped & set(old.replicas):
             self._launcher.kill(replica)  # dead, failed mid-promotion, or not fenced
         self._routes.pop(name, None)

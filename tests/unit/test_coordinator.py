@@ -612,6 +612,25 @@ def test_the_coordinator_fences_every_other_live_replica_with_the_new_epoch_befo
     assert placement_of(coord).leader == promoted
 
 
+def test_a_failover_that_cannot_record_its_successor_stops_no_leader(storage_url, monkeypatch):
+    # Killed first, a leader that was only taken for dead stayed recorded as the leader
+    # while its kill was on its way: it served on, took a new replica's word for writes,
+    # and took them with it when the kill landed (the real-coordinator simulation,
+    # seed 540222: the catalog update lost a race to another coordinator).
+    launcher = FakeLauncher()
+    coord = coordinator(storage_url, launcher)
+    coord.create_queue(config(replicas=1, durability="replicas"))
+    before = placement_of(coord)
+    launcher.dead_actors.add(before.leader)  # taken for dead, with no replica in sync to promote
+    monkeypatch.setattr(coord, "_update_placement", lambda *args: False)  # another writer won
+
+    with pytest.raises(PartitionUnavailable):
+        coord.report_failure("orders", 0)
+
+    assert before.leader not in launcher.killed
+    assert placement_of(coord).leader == before.leader
+
+
 def test_a_replica_that_cannot_be_fenced_leaves_the_placement(storage_url):
     launcher = FakeLauncher()
     coord = coordinator(storage_url, launcher)
