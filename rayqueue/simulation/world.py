@@ -200,29 +200,28 @@ class World:
             return True
         controller = self.controller
         keepers = {name for name in controller.in_sync if name in self.nodes and self.nodes[name].alive}
-        leader = controller.leader
+        leader = self.serving_leader()
         replacing = controller.replacing  # a leader being failed over has failed, whether it runs or not
-        if (
-            leader is not None
-            and leader.alive
-            and leader.service is not None
-            and not leader.service.fenced
-            and not replacing
-            and not self.superseded(leader)
-        ):
+        if leader is not None and not replacing and not self.superseded(leader):
             keepers.add(leader.name)  # a fenced leader is on its way out
         return bool(keepers - {node.name}) or (self.absorbed and not replacing)
+
+    def serving_leader(self) -> Node | None:
+        """The controller's leader if it runs, leads and has not fenced itself."""
+        leader = self.controller.leader
+        if leader is None or not leader.alive or leader.service is None or leader.service.fenced:
+            return None
+        return leader
 
     def nothing_at_risk(self) -> bool:
         """Whether the serving leader holds nothing unstored, so that the last failure is
         absorbed. Not while it is superseded: what it stores after the newer claim is
         fenced out, so "stored" does not mean kept (seed 531117 lost a write so), and the
         failure that claimed is under way until the leader is replaced."""
-        leader = self.controller.leader
-        if leader is None or not leader.alive or leader.service is None or leader.service.fenced:
+        leader = self.serving_leader()
+        if leader is None or self.superseded(leader):
             return False
-        if self.superseded(leader):
-            return False
+        assert leader.service is not None
         held = leader.service.unstored()
         return not held.segments and not held.deletes
 
@@ -243,10 +242,9 @@ class World:
         stored), whatever the processes on it; with durability "storage" at any time."""
         if self.config.durability != "replicas":
             return True
-        controller = self.controller
-        leader = controller.leader
-        if leader is None or not leader.alive or leader.service is None or leader.service.fenced:
+        if self.serving_leader() is None:
             return False
+        controller = self.controller
         replicas = controller.replicas
         return (
             self.absorbed
